@@ -1,0 +1,155 @@
+//! What `#[single_instance]` expands to, as ordinary code: the macro only
+//! emits a builder call into [`crate::__private`], and everything that runs at
+//! run time lives here, testable without the macro.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::backend::{Backend, Held};
+use crate::error::{Error, Result};
+use crate::lockfile::PidLock;
+use crate::messages::{self, Level};
+use crate::signals::Signals;
+
+/// Where a program's PID file goes when the attribute names no `path`:
+/// `$XDG_RUNTIME_DIR/<name>.pid` when that is set (to an absolute path, as
+/// the XDG spec requires), else `<temp dir>/<name>-<uid>.pid` so that two
+/// users of one machine do not share it.
+///
+/// ```
+/// let path = pidlock_core::default_path("bot");
+/// let name = path.file_name().unwrap().to_str().unwrap();
+/// assert!(name == "bot.pid" || name.starts_with("bot-"));
+/// ```
+#[must_use]
+pub fn default_path(name: &str) -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| Path::new(dir).is_absolute()) {
+        Some(dir) => PathBuf::from(dir).join(format!("{name}.pid")),
+        None => {
+            let uid = nix::unistd::getuid();
+            std::env::temp_dir().join(format!("{name}-{uid}.pid"))
+        }
+    }
+}
+
+/// The attribute's keys, collected by the generated code.
+#[derive(Debug)]
+#[must_use]
+pub struct Entry {
+    name: &'static str,
+    path: Option<PathBuf>,
+    env: Option<&'static str>,
+    exit_code: u8,
+    hint: Option<&'static str>,
+    signals: Signals,
+}
+
+impl Entry {
+    /// `bin` is `option_env!("CARGO_BIN_NAME")` of the user's crate, `krate`
+    /// its `CARGO_CRATE_NAME` (for targets that are not binaries).
+    pub fn new(bin: Option<&'static str>, krate: &'static str) -> Self {
+        Self {
+            name: bin.unwrap_or(krate),
+            path: None,
+            env: None,
+            exit_code: 1,
+            hint: None,
+            signals: Signals::Auto,
+        }
+    }
+
+    /// `path = ...`.
+    pub fn path(mut self, path: impl AsRef<Path>) -> Self {
+        self.path = Some(path.as_ref().to_owned());
+        self
+    }
+
+    /// `env = "..."`.
+    pub fn env(mut self, var: &'static str) -> Self {
+        self.env = Some(var);
+        self
+    }
+
+    /// `exit_code = ...`.
+    pub fn exit_code(mut self, code: u8) -> Self {
+        self.exit_code = code;
+        self
+    }
+
+    /// `hint = "..."`.
+    pub fn hint(mut self, hint: &'static str) -> Self {
+        self.hint = Some(hint);
+        self
+    }
+
+    /// `signals = "..."`.
+    pub fn signals(mut self, signals: Signals) -> Self {
+        self.signals = signals;
+        self
+    }
+
+    /// Takes every lock or ends the process with the exit code after printing
+    /// why (SPEC §6).
+    pub fn acquire_or_exit(self) -> InstanceGuard {
+        match self.acquire() {
+            Ok(guard) => guard,
+            Err(error) => {
+                messages::emit(Level::Error, &messages::failure(&error, self.hint));
+                std::process::exit(i32::from(self.exit_code));
+            }
+        }
+    }
+
+    fn acquire(&self) -> Result<InstanceGuard> {
+        let path = self.resolve_path()?;
+        let backends: [&dyn Backend; 1] = [&PidLock::new(path).signals(self.signals)];
+        let mut held = Vec::with_capacity(backends.len());
+        for backend in backends {
+            // On failure, the locks already taken are released by `held`'s drop.
+            held.push(backend.acquire()?);
+        }
+        Ok(InstanceGuard { held })
+    }
+
+    /// The environment variable wins when set and non-empty; set but empty is
+    /// a mistake worth stopping for, not a reason to fall back silently.
+    fn resolve_path(&self) -> Result<PathBuf> {
+        if let Some(var) = self.env {
+            match std::env::var_os(var) {
+                Some(value) if value.is_empty() => {
+                    return Err(Error::EmptyEnvVar {
+                        var: var.to_owned(),
+                    });
+                }
+                Some(value) => return Ok(PathBuf::from(value)),
+                None => {}
+            }
+        }
+        Ok(match &self.path {
+            Some(path) if path.as_os_str().is_empty() => {
+                return Err(Error::InvalidPath {
+                    path: PathBuf::from(OsString::new()),
+                    reason: "it is empty",
+                });
+            }
+            Some(path) => path.clone(),
+            None => default_path(self.name),
+        })
+    }
+}
+
+/// Every lock the attribute took; dropped after `main`'s body, it releases
+/// them in the reverse order of acquisition.
+#[derive(Debug)]
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct InstanceGuard {
+    held: Vec<Box<dyn Held>>,
+}
+
+impl Drop for InstanceGuard {
+    fn drop(&mut self) {
+        while let Some(lock) = self.held.pop() {
+            drop(lock);
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Make a program refuse to run twice, with one line.
+//!
+//! A Telegram bot started twice fights itself: the Bot API allows one
+//! `getUpdates` poller per token and answers the second with
+//! `409 Conflict: terminated by other getUpdates request`. Daemons, workers
+//! and cron jobs that must not overlap have the same problem. With pidlock,
+//! the second instance stops at once with a message that says who is running
+//! and how to stop it:
+//!
+//! ```no_run
+//! #[pidlock_core::single_instance(path = "data/bot.pid")]
+//! fn main() {
+//!     // unchanged
+//! }
+//! ```
+//!
+//! ```text
+//! ERROR - Another instance is already running (PID: 12345).
+//!         Only one instance can run at a time.
+//!         To stop the existing instance:
+//!           kill 12345
+//! ```
+//!
+//! The lock is a kernel `flock` on the PID file: it cannot go stale, because
+//! the kernel drops it when the process dies however it dies. The PID written
+//! into the file is for people and tools. The file is removed on every exit
+//! path the process lives through (return, panic, `std::process::exit`,
+//! SIGTERM and friends); after SIGKILL or a power cut the next start finds
+//! the stale file, says so, and takes over.
+//!
+//! The attribute is a thin layer over [`PidLock`], which can be used directly:
+//!
+//! ```
+//! use pidlock_core::{Error, PidLock};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("cron-job.pid");
+//! let guard = match PidLock::new(&path).acquire() {
+//!     Ok(guard) => guard,
+//!     Err(Error::AlreadyRunning { holder, .. }) => {
+//!         eprintln!("previous run still going ({holder}), skipping this one");
+//!         return Ok(());
+//!     }
+//!     Err(other) => return Err(other.into()),
+//! };
+//! // ... the job ...
+//! drop(guard); // the file is removed, the lock released
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Features: `log` and `tracing` also emit pidlock's messages as records with
+//! target `pidlock` (they always go to stderr too).
+
+mod backend;
+mod entry;
+mod error;
+mod exit_cleanup;
+mod lockfile;
+mod messages;
+mod pid;
+mod signals;
+mod status;
+
+pub use entry::default_path;
+pub use error::{Error, FileKind, Holder, Result};
+pub use lockfile::{PidFileGuard, PidLock};
+pub use pid::Pid;
+pub use pidlock_macros::single_instance;
+pub use signals::Signals;
+pub use status::{Status, status};
+
+/// What `#[single_instance]` expands to. Not a public API: it changes with the
+/// macro, which pins this crate's exact version.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::entry::{Entry, InstanceGuard};
+    pub use crate::signals::Signals;
+}

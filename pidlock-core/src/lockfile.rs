@@ -1,0 +1,556 @@
+//! The lock-file protocol on one host (SPEC §4), after FreeBSD's `flopen(3)`
+//! and `pidfile(3)`.
+//!
+//! The kernel lock (`flock`) is the truth; the PID written in the file is for
+//! people and tools. Every step that can race with another instance says which
+//! race it closes.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
+use nix::unistd::{UnlinkatFlags, ftruncate, unlinkat};
+
+use crate::backend::{Backend, Held};
+use crate::error::{Error, FileKind, Holder, Result};
+use crate::exit_cleanup;
+use crate::messages;
+use crate::pid::{self, Contents, Pid};
+use crate::signals::{self, Signals};
+
+/// How often we open, lock and find the path replaced before giving up. Each
+/// retry means another process removed or replaced the file between our open
+/// and our lock, which a normal restart does at most once or twice.
+const OPEN_ATTEMPTS: usize = 16;
+
+/// A holder that has locked but not yet written its PID leaves the file empty
+/// for a moment; read again this many times, this far apart, before calling
+/// the PID unknown (FreeBSD's `pidfile_open` waits the same 100 ms in all).
+const EMPTY_READ_ATTEMPTS: u32 = 20;
+const EMPTY_READ_PAUSE: Duration = Duration::from_millis(5);
+
+/// The one-host lock: a PID file held with `flock(2)`.
+///
+/// The path is resolved against the working directory when [`acquire`] runs;
+/// the guard keeps a descriptor of the directory, so the right file is
+/// removed even if the program changes directory later.
+///
+/// ```
+/// use pidlock_core::{Error, PidLock, Signals};
+///
+/// let dir = tempfile::tempdir()?;
+/// let lock = PidLock::new(dir.path().join("worker.pid")).signals(Signals::None);
+/// let mut guard = lock.acquire()?;
+/// assert_eq!(std::fs::read_to_string(guard.path())?, format!("{}\n", std::process::id()));
+///
+/// // A second acquisition of the same file in this process is refused.
+/// assert!(matches!(lock.acquire(), Err(Error::HeldByThisProcess { .. })));
+///
+/// guard.release()?;
+/// assert!(!dir.path().join("worker.pid").exists());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// [`acquire`]: PidLock::acquire
+#[derive(Clone, Debug)]
+pub struct PidLock {
+    path: PathBuf,
+    signals: Signals,
+    quiet: bool,
+}
+
+impl PidLock {
+    /// A lock on the PID file at `path` (relative paths are taken against the
+    /// working directory at [`acquire`](Self::acquire) time).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            signals: Signals::Auto,
+            quiet: false,
+        }
+    }
+
+    /// Whether a terminating signal removes the file first (the default,
+    /// [`Signals::Auto`]); see [`Signals`].
+    #[must_use]
+    pub fn signals(mut self, signals: Signals) -> Self {
+        self.signals = signals;
+        self
+    }
+
+    /// Turns off the INFO and WARNING lines of SPEC §6 (acquired, released,
+    /// stale, corrupted). Errors are returned, never printed, either way.
+    #[must_use]
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
+    }
+
+    /// The path as given.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Takes the lock without waiting, writes this process's PID into the file
+    /// and returns the guard that releases both.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AlreadyRunning`] when another process holds it,
+    /// [`Error::HeldByThisProcess`] when this one already does,
+    /// [`Error::UnsafePath`] when the path is not a regular file, and
+    /// [`Error::Io`] with the OS reason for everything else.
+    pub fn acquire(&self) -> Result<PidFileGuard> {
+        let path = std::path::absolute(&self.path).map_err(|source| Error::Io {
+            path: self.path.clone(),
+            action: "resolve the absolute path of",
+            source,
+        })?;
+        let (parent, name) = split(&path)?;
+        let dir = open_dir(parent, &path)?;
+        let locked = lock_file(&dir, &name, &path)?;
+        if self.signals == Signals::Auto {
+            signals::install();
+        }
+        let previous = if locked.created {
+            None
+        } else {
+            Some(read_contents(locked.file.as_fd(), &locked.stat, &path)?)
+        };
+        let mut guard = PidFileGuard::new(path, dir, name, locked);
+        guard.write_pid()?;
+        if !self.quiet {
+            match previous {
+                Some(Contents::Pid(old)) => messages::stale(old, old.is_alive()),
+                Some(Contents::Corrupted(quote)) => messages::corrupted(&guard.path, &quote),
+                None => {}
+            }
+            messages::acquired(guard.pid);
+            guard.announce = true;
+        }
+        Ok(guard)
+    }
+}
+
+impl Backend for PidLock {
+    fn acquire(&self) -> Result<Box<dyn Held>> {
+        PidLock::acquire(self).map(|guard| Box::new(guard) as Box<dyn Held>)
+    }
+}
+
+/// A held PID-file lock. Dropping it (or [`release`](Self::release)) removes
+/// the file if it is still ours, then closes it, which drops the kernel lock.
+#[derive(Debug)]
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct PidFileGuard {
+    path: PathBuf,
+    pid: Pid,
+    dir: OwnedFd,
+    name: CString,
+    /// `None` once released.
+    file: Option<OwnedFd>,
+    identity: Identity,
+    /// The file's size when we locked it, to skip a needless `ftruncate`.
+    size_when_locked: i64,
+    cleanup: exit_cleanup::Ticket,
+    announce: bool,
+}
+
+impl PidFileGuard {
+    fn new(path: PathBuf, dir: OwnedFd, name: CString, locked: Locked) -> Self {
+        let identity = Identity::of(&locked.stat);
+        let cleanup = exit_cleanup::register(dir.as_raw_fd(), &name, identity);
+        Self {
+            path,
+            pid: Pid::current(),
+            dir,
+            name,
+            file: Some(locked.file),
+            identity,
+            size_when_locked: locked.stat.st_size,
+            cleanup,
+            announce: false,
+        }
+    }
+
+    /// The absolute path of the PID file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The PID written into the file: this process's.
+    #[must_use]
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Releases now, reporting a failure to remove the file. Dropping the guard
+    /// does the same and ignores that failure. Releasing again is a no-op.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the file could not be checked or removed; the kernel
+    /// lock is dropped regardless.
+    pub fn release(&mut self) -> Result<()> {
+        self.release_now()
+    }
+
+    /// Writes `"<pid>\n"` at offset 0, then truncates to that length, never to
+    /// zero first: truncating to zero and rewriting makes ext4 flush the file
+    /// on close (its `auto_da_alloc` heuristic), a disk write per start.
+    fn write_pid(&mut self) -> Result<()> {
+        let mut buf = [0; 12];
+        let text = pid::render(self.pid, &mut buf);
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        match retry_eintr(|| nix::sys::uio::pwrite(file, text, 0)) {
+            Ok(n) if n == text.len() => {}
+            Ok(_) => {
+                return Err(Error::Io {
+                    path: self.path.clone(),
+                    action: "write the PID into",
+                    source: io::Error::new(io::ErrorKind::WriteZero, "short write"),
+                });
+            }
+            Err(errno) => return Err(Error::io(&self.path, "write the PID into", errno)),
+        }
+        let len = text.len() as i64;
+        if self.size_when_locked > len {
+            retry_eintr(|| ftruncate(file, len))
+                .map_err(|errno| Error::io(&self.path, "truncate", errno))?;
+        }
+        Ok(())
+    }
+
+    fn release_now(&mut self) -> Result<()> {
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        if self.announce {
+            messages::releasing();
+        }
+        // Unlink before close: once the descriptor closes, the kernel lock is
+        // gone and a newcomer may lock and write this path; after that it is
+        // not ours to remove. A newcomer that opened our inode before the
+        // unlink sees it unlinked after locking and retries (see lock_file).
+        let removed = unlink_if_ours(self.dir.as_fd(), &self.name, self.identity);
+        exit_cleanup::unregister(&mut self.cleanup);
+        drop(file);
+        match removed {
+            Ok(_) => {
+                if self.announce {
+                    messages::released();
+                }
+                Ok(())
+            }
+            Err(errno) => Err(Error::io(&self.path, "remove", errno)),
+        }
+    }
+}
+
+impl Drop for PidFileGuard {
+    fn drop(&mut self) {
+        // A failure here has nowhere to go; `release` reports it.
+        let _ = self.release_now();
+    }
+}
+
+impl Held for PidFileGuard {}
+
+/// Which inode a path named when we locked it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Identity {
+    dev: u64,
+    ino: u64,
+}
+
+impl Identity {
+    // The casts widen `dev_t`/`ino_t`, whose width differs between platforms.
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    pub(crate) fn of(stat: &FileStat) -> Self {
+        Self {
+            dev: stat.st_dev as u64,
+            ino: stat.st_ino as u64,
+        }
+    }
+
+    #[cfg(test)]
+    #[allow(clippy::useless_conversion)] // dev_t is u32 on some platforms
+    pub(crate) fn from_parts(dev: nix::libc::dev_t, ino: u64) -> Self {
+        Self {
+            dev: dev.into(),
+            ino,
+        }
+    }
+
+    /// How `/proc/locks` names this file: hex `major:minor`, then the inode.
+    #[cfg(target_os = "linux")]
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    pub(crate) fn proc_locks_key(self) -> String {
+        let dev = self.dev as nix::libc::dev_t;
+        let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+        format!("{major:02x}:{minor:02x}:{}", self.ino)
+    }
+
+    fn same_file(self, other: &FileStat) -> bool {
+        self == Self::of(other)
+    }
+}
+
+/// Removes `name` from `dir` if it still names the inode we locked.
+///
+/// Async-signal-safe (`fstatat`, `unlinkat`; no allocation: the name is a
+/// `CStr` already), so the signal handler and `atexit` use it too.
+pub(crate) fn unlink_if_ours(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    identity: Identity,
+) -> std::result::Result<bool, Errno> {
+    match fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(now) if identity.same_file(&now) => {}
+        // Gone, or replaced by another instance's file: not ours to touch.
+        Ok(_) | Err(Errno::ENOENT) => return Ok(false),
+        Err(errno) => return Err(errno),
+    }
+    match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(errno) => Err(errno),
+    }
+}
+
+/// A file we hold the lock on, verified to be the one the path names.
+struct Locked {
+    file: OwnedFd,
+    stat: FileStat,
+    /// We created it just now, so it holds nothing to report on.
+    created: bool,
+}
+
+fn split(path: &Path) -> Result<(&Path, CString)> {
+    let invalid = |reason| Error::InvalidPath {
+        path: path.to_owned(),
+        reason,
+    };
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(invalid("it has no file name"));
+    };
+    let name = CString::new(name.as_bytes()).map_err(|_| invalid("it contains a NUL byte"))?;
+    Ok((parent, name))
+}
+
+/// Opens the directory the PID file lives in, creating it (0755) if missing.
+fn open_dir(parent: &Path, path: &Path) -> Result<OwnedFd> {
+    let open = || {
+        retry_eintr(|| {
+            nix::fcntl::open(
+                parent,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+        })
+    };
+    match open() {
+        Ok(dir) => Ok(dir),
+        Err(Errno::ENOENT) => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(|source| Error::Io {
+                    path: path.to_owned(),
+                    action: "create the directory of",
+                    source,
+                })?;
+            open().map_err(|errno| Error::io(path, "open the directory of", errno))
+        }
+        Err(errno) => Err(Error::io(path, "open the directory of", errno)),
+    }
+}
+
+/// Steps 1–3 of SPEC §4: open (creating if needed), refuse anything but a
+/// regular file, `flock` without blocking, then check the path still names
+/// what we locked.
+fn lock_file(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<Locked> {
+    for _ in 0..OPEN_ATTEMPTS {
+        let (file, created) = match open_file(dir.as_fd(), name, path) {
+            Ok(opened) => opened,
+            // Removed between our O_EXCL attempt and the plain open: start again.
+            Err(None) => continue,
+            Err(Some(error)) => return Err(error),
+        };
+        let stat = fstat(&file).map_err(|errno| Error::io(path, "inspect", errno))?;
+        if let Some(kind) = unsafe_kind(&stat) {
+            return Err(Error::UnsafePath {
+                path: path.to_owned(),
+                kind,
+            });
+        }
+        match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)) {
+            Ok(()) => {}
+            Err(Errno::EWOULDBLOCK) => return Err(conflict(file.as_fd(), &stat, path)),
+            Err(errno) => return Err(Error::io(path, "lock", errno)),
+        }
+        // Between our open and our lock, the previous holder may have removed
+        // the file (we then hold a lock on an unlinked inode) or another
+        // instance may have replaced it. Only a lock on the inode the path
+        // names now counts.
+        match fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(now) if Identity::of(&stat).same_file(&now) && stat.st_nlink > 0 => {
+                return Ok(Locked {
+                    file,
+                    stat,
+                    created,
+                });
+            }
+            Ok(_) | Err(Errno::ENOENT) => continue,
+            Err(errno) => return Err(Error::io(path, "inspect", errno)),
+        }
+    }
+    Err(Error::Unstable {
+        path: path.to_owned(),
+    })
+}
+
+/// Opens the PID file, creating it if absent. `Err(None)` means "vanished
+/// under us, try again".
+///
+/// `O_CREAT | O_EXCL` first tells us, without another system call, whether the
+/// file is new (nothing to read) or was left behind (stale or corrupted).
+/// `O_NOFOLLOW` refuses a symlink; `O_NONBLOCK` keeps a FIFO from blocking the
+/// open; `O_CLOEXEC` keeps children from inheriting the lock.
+fn open_file(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    path: &Path,
+) -> std::result::Result<(OwnedFd, bool), Option<Error>> {
+    let flags = OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
+    let create = flags | OFlag::O_CREAT | OFlag::O_EXCL;
+    let mode = Mode::from_bits_truncate(0o644);
+    match retry_eintr(|| openat(dir, name, create, mode)) {
+        Ok(file) => return Ok((file, true)),
+        Err(Errno::EEXIST) => {}
+        Err(errno) => return Err(Some(open_error(dir, name, path, "create", errno))),
+    }
+    match retry_eintr(|| openat(dir, name, flags, Mode::empty())) {
+        Ok(file) => Ok((file, false)),
+        Err(Errno::ENOENT) => Err(None),
+        Err(errno) => Err(Some(open_error(dir, name, path, "open", errno))),
+    }
+}
+
+/// Explains a failed open: a symlink (`ELOOP`, `EMLINK` on FreeBSD), a
+/// directory (`EISDIR`) or a socket (`ENXIO`) is named as such.
+fn open_error(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    path: &Path,
+    action: &'static str,
+    errno: Errno,
+) -> Error {
+    let kind = fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .ok()
+        .and_then(|stat| unsafe_kind(&stat));
+    match kind {
+        Some(kind) => Error::UnsafePath {
+            path: path.to_owned(),
+            kind,
+        },
+        None => Error::io(path, action, errno),
+    }
+}
+
+pub(crate) fn unsafe_kind(stat: &FileStat) -> Option<FileKind> {
+    let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
+    Some(match kind {
+        SFlag::S_IFREG => return None,
+        SFlag::S_IFLNK => FileKind::Symlink,
+        SFlag::S_IFDIR => FileKind::Directory,
+        SFlag::S_IFIFO => FileKind::Fifo,
+        SFlag::S_IFSOCK => FileKind::Socket,
+        SFlag::S_IFCHR => FileKind::CharDevice,
+        _ => FileKind::BlockDevice,
+    })
+}
+
+/// The lock is busy: find out who holds it.
+fn conflict(file: BorrowedFd<'_>, stat: &FileStat, path: &Path) -> Error {
+    let identity = Identity::of(stat);
+    if exit_cleanup::is_held(identity) {
+        return Error::HeldByThisProcess {
+            path: path.to_owned(),
+        };
+    }
+    let holder = read_holder(file, stat, path);
+    if holder.pid() == Some(Pid::current()) {
+        return Error::HeldByThisProcess {
+            path: path.to_owned(),
+        };
+    }
+    Error::AlreadyRunning {
+        path: path.to_owned(),
+        holder,
+    }
+}
+
+fn read_holder(file: BorrowedFd<'_>, stat: &FileStat, path: &Path) -> Holder {
+    for attempt in 0..EMPTY_READ_ATTEMPTS {
+        let mut probe = *stat;
+        if attempt > 0 {
+            std::thread::sleep(EMPTY_READ_PAUSE);
+            match fstat(file) {
+                Ok(now) => probe = now,
+                Err(_) => return Holder::Unknown,
+            }
+        }
+        if probe.st_size == 0 {
+            continue;
+        }
+        return match read_contents(file, &probe, path) {
+            Ok(Contents::Pid(pid)) => Holder::File(pid),
+            _ => Holder::Unknown,
+        };
+    }
+    Holder::Unknown
+}
+
+/// Reads what the file says, at most [`pid::READ_LIMIT`] bytes of it.
+pub(crate) fn read_contents(
+    file: BorrowedFd<'_>,
+    stat: &FileStat,
+    path: &Path,
+) -> Result<Contents> {
+    let mut head = [0; pid::READ_LIMIT];
+    let n = retry_eintr(|| nix::sys::uio::pread(file, &mut head, 0))
+        .map_err(|errno| Error::io(path, "read", errno))?;
+    let len = u64::try_from(stat.st_size).unwrap_or(0).max(n as u64);
+    Ok(Contents::parse(&head[..n], len))
+}
+
+/// `flock(2)`. nix's `Flock` wrapper unlocks on drop, which would add a system
+/// call to every release and briefly free the lock before the unlink; the
+/// lock must instead die with the descriptor, after the unlink.
+pub(crate) fn flock(file: BorrowedFd<'_>, operation: i32) -> nix::Result<()> {
+    // SAFETY: `file` is a valid open descriptor for the duration of the call.
+    Errno::result(unsafe { nix::libc::flock(file.as_raw_fd(), operation) }).map(drop)
+}
+
+/// Repeats a system call interrupted by a signal.
+pub(crate) fn retry_eintr<T>(mut call: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
+    loop {
+        match call() {
+            Err(Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Every message pidlock prints (SPEC §6), and where it goes.
+//!
+//! Messages always go to stderr: the lock is taken before the program's logger
+//! is usually set up, and a conflict must be seen even then. With the `log` or
+//! `tracing` feature they are also emitted as records with target `pidlock`.
+//! Each message is formatted once and written with a single `write` so lines
+//! from concurrent processes on a shared terminal do not interleave.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{Error, Holder};
+use crate::pid::{Pid, Quote};
+
+/// Continuation lines line up under the text after "ERROR - ".
+const INDENT: &str = "\n        ";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Level {
+    Error,
+    Warning,
+    Info,
+}
+
+impl Level {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Error => "ERROR",
+            Self::Warning => "WARNING",
+            Self::Info => "INFO",
+        }
+    }
+}
+
+/// Writes `text` to stderr as `LEVEL - text`, and to `log`/`tracing` when enabled.
+pub(crate) fn emit(level: Level, text: &str) {
+    let line = format!("{} - {text}\n", level.label());
+    // Nothing sensible can be done if stderr is closed; the lock still works.
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    forward(level, text);
+}
+
+#[cfg(feature = "log")]
+fn forward_log(level: Level, text: &str) {
+    let level = match level {
+        Level::Error => log::Level::Error,
+        Level::Warning => log::Level::Warn,
+        Level::Info => log::Level::Info,
+    };
+    log::log!(target: "pidlock", level, "{text}");
+}
+
+#[cfg(feature = "tracing")]
+fn forward_tracing(level: Level, text: &str) {
+    match level {
+        Level::Error => tracing::error!(target: "pidlock", "{text}"),
+        Level::Warning => tracing::warn!(target: "pidlock", "{text}"),
+        Level::Info => tracing::info!(target: "pidlock", "{text}"),
+    }
+}
+
+#[allow(unused_variables)] // without either feature there is nowhere to forward to
+fn forward(level: Level, text: &str) {
+    #[cfg(feature = "log")]
+    forward_log(level, text);
+    #[cfg(feature = "tracing")]
+    forward_tracing(level, text);
+}
+
+pub(crate) fn acquired(pid: Pid) {
+    emit(Level::Info, &format!("PID file lock acquired (PID: {pid})"));
+}
+
+pub(crate) fn releasing() {
+    emit(Level::Info, "Releasing PID lock...");
+}
+
+pub(crate) fn released() {
+    emit(Level::Info, "PID file lock released");
+}
+
+/// The two release lines as one constant, for the exit paths that cannot
+/// format or allocate (signal handlers, `atexit`).
+pub(crate) const RELEASE_LINES: &[u8] =
+    b"INFO - Releasing PID lock...\nINFO - PID file lock released\n";
+
+pub(crate) fn stale(pid: Pid, alive: bool) {
+    let text = if alive {
+        // The PID was reused by an unrelated process: it is running, but it
+        // does not hold the lock, so the file is still stale.
+        format!(
+            "Found stale PID file (PID {pid} is running but does not hold the lock). Removing..."
+        )
+    } else {
+        format!("Found stale PID file (PID {pid} not running). Removing...")
+    };
+    emit(Level::Warning, &text);
+}
+
+pub(crate) fn corrupted(path: &Path, quote: &Quote) {
+    emit(
+        Level::Warning,
+        &format!(
+            "Found corrupted PID file {} (not a PID: {quote}). Overwriting...",
+            path.display()
+        ),
+    );
+}
+
+/// The full report for a lock that was not obtained, with the user's `hint`.
+#[must_use]
+pub(crate) fn failure(error: &Error, hint: Option<&str>) -> String {
+    let mut text = match error {
+        Error::AlreadyRunning { path, holder } => conflict(path, *holder),
+        other => format!("{other}."),
+    };
+    if let Some(hint) = hint {
+        text.push_str(INDENT);
+        text.push_str(hint);
+    }
+    text
+}
+
+fn conflict(path: &Path, holder: Holder) -> String {
+    let mut text = format!(
+        "Another instance is already running ({holder}).{INDENT}Only one instance can run at a time."
+    );
+    match holder.pid() {
+        Some(pid) => {
+            text.push_str(INDENT);
+            text.push_str("To stop the existing instance:");
+            text.push_str(&format!("{INDENT}  kill {pid}"));
+        }
+        None => {
+            text.push_str(&format!(
+                "{INDENT}It holds the lock on {} but has not written its PID.{INDENT}To find it:{INDENT}  fuser -v {}",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflict_report_matches_the_spec_layout() {
+        let error = Error::AlreadyRunning {
+            path: "data/bot.pid".into(),
+            holder: Holder::File(Pid::new(12345).unwrap()),
+        };
+        assert_eq!(
+            failure(&error, Some("Or use the /restart command from Telegram.")),
+            "Another instance is already running (PID: 12345).\n\
+             \x20       Only one instance can run at a time.\n\
+             \x20       To stop the existing instance:\n\
+             \x20         kill 12345\n\
+             \x20       Or use the /restart command from Telegram."
+        );
+    }
+
+    #[test]
+    fn unknown_holder_says_how_to_find_it() {
+        let error = Error::AlreadyRunning {
+            path: "/run/bot.pid".into(),
+            holder: Holder::Unknown,
+        };
+        let text = failure(&error, None);
+        assert!(text.starts_with("Another instance is already running (PID unknown)."));
+        assert!(text.ends_with("fuser -v /run/bot.pid"));
+        assert!(!text.contains("kill"));
+    }
+}

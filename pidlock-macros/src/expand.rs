@@ -1,0 +1,336 @@
+//! The rewrite of `main`, as a plain `proc_macro2` function so it can be
+//! tested without a compiler run.
+//!
+//! A sync `fn main` gets one statement in front of its body: the guard that
+//! holds the lock until `main`'s locals are dropped. The body itself is kept
+//! as tokens (never re-parsed or wrapped), so `return`, `?` and the spans of
+//! the user's code are untouched.
+//!
+//! An `async fn main` is first turned into a sync one by its runtime
+//! attribute (`#[tokio::main]` and its kind). So that the lock is taken before
+//! the runtime starts its threads and released after it shut down, this
+//! attribute, when it sees an `async fn`, moves itself just below the runtime
+//! attribute; it then runs again on the sync `main` the runtime produced.
+
+use proc_macro2::{Delimiter, Group, Ident, Span, TokenStream, TokenTree};
+use quote::{ToTokens, quote};
+use syn::parse::{Parse, ParseStream};
+use syn::{Attribute, Signature, Visibility};
+
+use crate::config::Config;
+
+/// The attribute's whole effect: `args` and `item` in, tokens out. Never
+/// panics; every mistake becomes `compile_error!` followed by the unchanged
+/// item, so the user sees that one error and nothing else.
+pub fn single_instance(args: TokenStream, item: TokenStream) -> TokenStream {
+    let config = Config::parse(args.clone());
+    let main = syn::parse2::<MainFn>(item.clone());
+    let result = match (config, main) {
+        (Ok(config), Ok(main)) => main.check().map(|()| rewrite(&config, args, main)),
+        (Err(mut error), Ok(main)) => {
+            if let Err(item_error) = main.check() {
+                error.combine(item_error);
+            }
+            Err(error)
+        }
+        (Err(mut error), Err(item_error)) => {
+            error.combine(item_error);
+            Err(error)
+        }
+        (Ok(_), Err(error)) => Err(error),
+    };
+    result.unwrap_or_else(|error| {
+        let error = error.to_compile_error();
+        quote!(#error #item)
+    })
+}
+
+/// A function item with its body kept as raw tokens (as tokio-macros does):
+/// only the signature and attributes are parsed.
+struct MainFn {
+    attrs: Vec<Attribute>,
+    vis: Visibility,
+    sig: Signature,
+    body: Group,
+}
+
+impl Parse for MainFn {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis: Visibility = input.parse()?;
+        let sig: Signature = input.parse().map_err(|error| {
+            syn::Error::new(
+                error.span(),
+                "#[single_instance] goes on a function, usually `fn main`",
+            )
+        })?;
+        let body = match input.parse::<TokenTree>()? {
+            TokenTree::Group(group) if group.delimiter() == Delimiter::Brace => group,
+            other => {
+                return Err(syn::Error::new_spanned(
+                    other,
+                    "expected the function's body",
+                ));
+            }
+        };
+        Ok(Self {
+            attrs,
+            vis,
+            sig,
+            body,
+        })
+    }
+}
+
+impl MainFn {
+    /// Refuses signatures the lock cannot wrap, each on the offending token.
+    fn check(&self) -> syn::Result<()> {
+        let sig = &self.sig;
+        let mut errors = Vec::new();
+        if let Some(token) = &sig.constness {
+            errors.push(syn::Error::new_spanned(
+                token,
+                "#[single_instance] cannot go on a `const fn`",
+            ));
+        }
+        if let Some(token) = &sig.unsafety {
+            errors.push(syn::Error::new_spanned(
+                token,
+                "#[single_instance] cannot go on an `unsafe fn`; make `main` safe",
+            ));
+        }
+        if let Some(abi) = &sig.abi {
+            errors.push(syn::Error::new_spanned(
+                abi,
+                "#[single_instance] cannot go on an `extern` fn",
+            ));
+        }
+        if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+            errors.push(syn::Error::new_spanned(
+                &sig.generics,
+                "#[single_instance] needs a function without generics, like `fn main()`",
+            ));
+        }
+        if !sig.inputs.is_empty() {
+            errors.push(syn::Error::new_spanned(
+                &sig.inputs,
+                "#[single_instance] needs a function without parameters, like `fn main()`",
+            ));
+        }
+        if sig.asyncness.is_some() && runtime_attribute(&self.attrs).is_none() {
+            errors.push(syn::Error::new_spanned(
+                &sig.asyncness,
+                "`async fn main` needs a runtime: add `#[tokio::main]` (or your runtime's attribute) to this function",
+            ));
+        }
+        let mut errors = errors.into_iter();
+        let Some(mut first) = errors.next() else {
+            return Ok(());
+        };
+        first.extend(errors);
+        Err(first)
+    }
+}
+
+/// The index of an attribute that runs an `async fn main` on a runtime:
+/// `#[tokio::main]`, `#[async_std::main]`, `#[actix_web::main]`, ...
+fn runtime_attribute(attrs: &[Attribute]) -> Option<usize> {
+    attrs.iter().position(|attr| {
+        attr.path()
+            .segments
+            .last()
+            .is_some_and(|segment| segment.ident == "main")
+    })
+}
+
+fn rewrite(config: &Config, args: TokenStream, main: MainFn) -> TokenStream {
+    let krate = config
+        .krate
+        .as_ref()
+        .map_or_else(|| quote!(::pidlock_core), ToTokens::to_token_stream);
+    let MainFn {
+        attrs,
+        vis,
+        sig,
+        body,
+    } = main;
+
+    if let Some(at) = runtime_attribute(&attrs)
+        && sig.asyncness.is_some()
+    {
+        let (before, after) = attrs.split_at(at + 1);
+        return quote! {
+            #(#before)*
+            #[#krate::single_instance(#args)]
+            #(#after)*
+            #vis #sig #body
+        };
+    }
+
+    let guard = Ident::new("__pidlock_guard", Span::mixed_site());
+    let calls = builder_calls(config, &krate);
+    let inner = body.stream();
+    let mut new_body = Group::new(
+        Delimiter::Brace,
+        quote! {
+            // The lint names: a literal `path` is passed by reference like any
+            // other expression, which clippy would flag in the user's crate.
+            #[allow(clippy::needless_borrow, clippy::needless_borrows_for_generic_args)]
+            let #guard = #krate::__private::Entry::new(
+                ::core::option_env!("CARGO_BIN_NAME"),
+                ::core::env!("CARGO_CRATE_NAME"),
+            )
+            #calls
+            .acquire_or_exit();
+            #inner
+        },
+    );
+    new_body.set_span(body.span());
+    quote! {
+        #(#attrs)*
+        #vis #sig #new_body
+    }
+}
+
+/// One builder call per key that was given.
+fn builder_calls(config: &Config, krate: &TokenStream) -> TokenStream {
+    let mut calls = TokenStream::new();
+    if let Some(path) = &config.path {
+        calls.extend(quote!(.path(&(#path))));
+    }
+    if let Some(var) = &config.env {
+        calls.extend(quote!(.env(#var)));
+    }
+    if let Some(code) = config.exit_code {
+        calls.extend(quote!(.exit_code(#code)));
+    }
+    if let Some(hint) = &config.hint {
+        calls.extend(quote!(.hint(#hint)));
+    }
+    if config.signals_none {
+        calls.extend(quote!(.signals(#krate::__private::Signals::None)));
+    }
+    calls
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand(args: TokenStream, item: TokenStream) -> String {
+        single_instance(args, item).to_string()
+    }
+
+    #[test]
+    fn sync_main_gets_the_guard_as_first_statement() {
+        let out = expand(
+            quote!(path = "data/bot.pid", exit_code = 3),
+            quote!(
+                /// Docs stay.
+                #[inline(never)]
+                fn main() -> Result<(), String> {
+                    let x = 1;
+                    Ok(())
+                }
+            ),
+        );
+        assert!(out.starts_with("# [doc = r\" Docs stay.\"] # [inline (never)] fn main () -> Result < () , String > {"), "{out}");
+        let guard = out.find("let __pidlock_guard").unwrap();
+        let user = out.find("let x = 1").unwrap();
+        assert!(guard < user, "{out}");
+        assert!(
+            out.contains(". path (& (\"data/bot.pid\")) . exit_code (3u8)"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn async_main_moves_below_its_runtime_attribute() {
+        let out = expand(
+            quote!(hint = "h"),
+            quote!(
+                #[tokio::main]
+                async fn main() {}
+            ),
+        );
+        assert_eq!(
+            out,
+            quote!(
+                #[tokio::main]
+                #[::pidlock_core::single_instance(hint = "h")]
+                async fn main() {}
+            )
+            .to_string()
+        );
+    }
+
+    #[test]
+    fn crate_rename_is_used_for_every_path() {
+        let out = expand(
+            quote!(crate = "my_lock", signals = "none"),
+            quote!(
+                fn main() {}
+            ),
+        );
+        assert!(out.contains("my_lock :: __private :: Entry"), "{out}");
+        assert!(
+            out.contains("my_lock :: __private :: Signals :: None"),
+            "{out}"
+        );
+        assert!(!out.contains("pidlock_core"), "{out}");
+    }
+
+    #[test]
+    fn errors_keep_the_item_and_add_nothing_else() {
+        let item = quote!(
+            fn main() {
+                body()
+            }
+        );
+        let out = expand(quote!(exit_code = 256), item.clone());
+        assert!(out.starts_with(":: core :: compile_error !"), "{out}");
+        assert!(out.ends_with(&item.to_string()), "{out}");
+    }
+
+    #[test]
+    fn async_without_runtime_is_refused() {
+        let out = expand(
+            quote!(),
+            quote!(
+                async fn main() {}
+            ),
+        );
+        assert!(out.contains("needs a runtime"), "{out}");
+    }
+
+    #[test]
+    fn non_functions_and_parameters_are_refused() {
+        assert!(
+            expand(
+                quote!(),
+                quote!(
+                    struct S;
+                )
+            )
+            .contains("goes on a function")
+        );
+        assert!(
+            expand(
+                quote!(),
+                quote!(
+                    fn main(x: u8) {}
+                )
+            )
+            .contains("without parameters")
+        );
+        assert!(
+            expand(
+                quote!(),
+                quote!(
+                    fn main<T>() {}
+                )
+            )
+            .contains("without generics")
+        );
+    }
+}

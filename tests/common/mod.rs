@@ -1,0 +1,152 @@
+//! Helpers for tests that run real programs: a scratch directory, children
+//! started and awaited with deadlines, signals.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Long enough for a loaded CI machine, short enough to fail a hung test.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The fixture binary with the attribute (tests/fixtures/holder.rs).
+pub fn holder(dir: &Path) -> Command {
+    program(Path::new(env!("CARGO_BIN_EXE_fixture-holder")), dir)
+}
+
+/// A program built from examples/ (Cargo builds examples for `cargo test`).
+pub fn example(name: &str, dir: &Path) -> Command {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir layout");
+    program(&profile_dir.join("examples").join(name), dir)
+}
+
+fn program(exe: &Path, dir: &Path) -> Command {
+    let mut command = Command::new(exe);
+    command
+        .current_dir(dir)
+        .env_remove("PIDLOCK_TEST_PID_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// A started child whose first stdout line has arrived (it holds the lock).
+pub struct Running {
+    pub child: Child,
+    pub first_line: String,
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("kill");
+    }
+
+    /// Waits for the exit; returns the status and everything on stderr.
+    pub fn finish(mut self) -> (ExitStatus, String) {
+        let status = wait(&mut self.child);
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            pipe.read_to_string(&mut stderr).expect("read stderr");
+        }
+        (status, stderr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failed assertion must not leave a child holding a lock.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `command` and waits for its first line on stdout.
+pub fn start(mut command: Command) -> Running {
+    let mut child = command.spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (send, receive) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = send.send(lines.next());
+        // Keep draining so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    match receive.recv_timeout(DEADLINE) {
+        Ok(Some(Ok(first_line))) => Running { child, first_line },
+        other => {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("wait");
+            panic!(
+                "child did not start ({other:?}); status {:?}, stderr:\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+}
+
+/// Runs `command` to completion with a deadline: status and stderr.
+pub fn run(mut command: Command) -> (ExitStatus, String) {
+    let mut child = command.stdout(Stdio::null()).spawn().expect("spawn");
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        stderr.read_to_string(&mut text).map(|_| text)
+    });
+    let status = wait(&mut child);
+    (
+        status,
+        reader.join().expect("reader thread").expect("read stderr"),
+    )
+}
+
+/// Waits for `child` with a deadline, killing it if the deadline passes.
+pub fn wait(child: &mut Child) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("child {} still running after {DEADLINE:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn killed_by(status: ExitStatus, signal: Signal) -> bool {
+    status.signal() == Some(signal as i32)
+}
+
+/// A PID that is certainly not running: a child that has been reaped.
+pub fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().expect("spawn true");
+    let pid = child.id();
+    child.wait().expect("wait true");
+    pid
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+pub fn data_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join("data").join(name)
+}
