@@ -112,13 +112,21 @@ pub(crate) fn corrupted(path: &Path, quote: &Quote) {
 pub(crate) fn failure(error: &Error, hint: Option<&str>) -> String {
     let mut text = match error {
         Error::AlreadyRunning { path, holder } => conflict(path, *holder),
-        other => format!("{other}."),
+        other => sentence(&other.to_string()),
     };
     if let Some(hint) = hint {
         text.push_str(INDENT);
         text.push_str(hint);
     }
     text
+}
+
+/// An error's text as a sentence: capitalised, with a full stop.
+fn sentence(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        format!("{}{}.", first.to_uppercase(), chars.as_str())
+    })
 }
 
 fn conflict(path: &Path, holder: Holder) -> String {
