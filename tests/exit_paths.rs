@@ -1,0 +1,341 @@
+//! SPEC §5, one test per row: however the program ends, the file is gone
+//! and the exit status is what it would have been without pidlock.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// The fixture in `mode`, with its PID file in a fresh directory.
+struct Case {
+    dir: tempfile::TempDir,
+    pid_file: PathBuf,
+}
+
+impl Case {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("app.pid");
+        Self { dir, pid_file }
+    }
+
+    fn command(&self, mode: &str) -> Command {
+        self.command_for(Path::new(env!("CARGO_BIN_EXE_fixture-holder")), mode)
+    }
+
+    fn command_for(&self, exe: &Path, mode: &str) -> Command {
+        let mut command = Command::new(exe);
+        command
+            .arg(mode)
+            .current_dir(self.dir.path())
+            .env("PIDLOCK_TEST_PID_FILE", &self.pid_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    fn assert_file_gone(&self) {
+        assert!(
+            !self.pid_file.exists(),
+            "{} left behind",
+            self.pid_file.display()
+        );
+    }
+
+    fn assert_held_by(&self, pid: u32) {
+        assert_eq!(read(&self.pid_file), format!("{pid}\n"));
+        let (status, stderr) = run(self.command("exit"));
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "a second instance was let in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn return_from_main_removes_the_file() {
+    let case = Case::new();
+    let (status, stderr) = run(case.command("exit"));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    case.assert_file_gone();
+}
+
+#[test]
+fn err_return_removes_the_file_and_exits_1() {
+    let case = Case::new();
+    let (status, stderr) = run(case.command("err"));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Error: \"the program failed\""), "{stderr}");
+    case.assert_file_gone();
+}
+
+#[test]
+fn exit_code_return_removes_the_file_and_keeps_the_code() {
+    let case = Case::new();
+    let (status, stderr) = run(case.command("exit-code"));
+    assert_eq!(status.code(), Some(7), "{stderr}");
+    case.assert_file_gone();
+}
+
+#[test]
+fn panic_unwinding_removes_the_file_and_exits_101() {
+    let case = Case::new();
+    let (status, stderr) = run(case.command("panic"));
+    assert_eq!(status.code(), Some(101), "{stderr}");
+    assert!(stderr.contains("the program panicked"), "{stderr}");
+    assert!(stderr.contains("PID file lock released"), "{stderr}");
+    case.assert_file_gone();
+}
+
+#[test]
+fn abort_removes_the_file_and_dies_by_sigabrt() {
+    let case = Case::new();
+    let (status, stderr) = run(case.command("abort"));
+    assert!(killed_by(status, Signal::SIGABRT), "{status:?}\n{stderr}");
+    case.assert_file_gone();
+}
+
+#[test]
+fn panic_in_a_panic_abort_build_removes_the_file_and_dies_by_sigabrt() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/panic-abort/Cargo.toml");
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/panic-abort");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let build = Command::new(cargo)
+        .args(["build", "--quiet", "--locked", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target)
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+
+    let case = Case::new();
+    let exe = target.join("debug/fixture-panic-abort");
+    let (status, stderr) = run(case.command_for(&exe, "-"));
+    assert!(killed_by(status, Signal::SIGABRT), "{status:?}\n{stderr}");
+    assert!(
+        stderr.contains("panicked under panic = \"abort\""),
+        "{stderr}"
+    );
+    case.assert_file_gone();
+}
+
+#[test]
+fn process_exit_from_main_removes_the_file_and_keeps_the_code() {
+    let case = Case::new();
+    let (status, stderr) = run(case.command("process-exit"));
+    assert_eq!(status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.ends_with("INFO - Releasing PID lock...\nINFO - PID file lock released\n"),
+        "{stderr}"
+    );
+    case.assert_file_gone();
+}
+
+#[test]
+fn process_exit_from_another_thread_removes_the_file_and_keeps_the_code() {
+    let case = Case::new();
+    let (status, stderr) = run(case.command("process-exit-thread"));
+    assert_eq!(status.code(), Some(6), "{stderr}");
+    case.assert_file_gone();
+}
+
+fn dies_by(signal: Signal) {
+    let case = Case::new();
+    let running = start(case.command("hold"));
+    case.assert_held_by(running.pid());
+    running.signal(signal);
+    let (status, stderr) = running.finish();
+    assert!(killed_by(status, signal), "{status:?}\n{stderr}");
+    assert!(
+        stderr.ends_with("INFO - Releasing PID lock...\nINFO - PID file lock released\n"),
+        "{stderr}"
+    );
+    case.assert_file_gone();
+}
+
+#[test]
+fn sigterm_without_handler_removes_file_and_dies_by_signal() {
+    dies_by(Signal::SIGTERM);
+}
+
+#[test]
+fn sigint_without_handler_removes_file_and_dies_by_signal() {
+    dies_by(Signal::SIGINT);
+}
+
+#[test]
+fn sighup_without_handler_removes_file_and_dies_by_signal() {
+    dies_by(Signal::SIGHUP);
+}
+
+#[test]
+fn sigquit_without_handler_removes_file_and_dies_by_signal() {
+    dies_by(Signal::SIGQUIT);
+}
+
+#[test]
+fn sigabrt_without_handler_removes_file_and_dies_by_signal() {
+    dies_by(Signal::SIGABRT);
+}
+
+fn graceful_on_sigint(command: Command) {
+    let running = start(command);
+    running.signal(Signal::SIGINT);
+    let (status, stderr) = running.finish();
+    assert_eq!(status.code(), Some(0), "{status:?}\n{stderr}");
+    assert!(
+        stderr.contains("graceful shutdown ran"),
+        "the program's own shutdown did not run:\n{stderr}"
+    );
+    assert!(
+        stderr.ends_with("INFO - PID file lock released\n"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sigint_with_tokio_ctrl_c_below_the_attribute_runs_the_programs_shutdown() {
+    let case = Case::new();
+    graceful_on_sigint(case.command_for(
+        Path::new(env!("CARGO_BIN_EXE_fixture-tokio-above")),
+        "ctrl-c",
+    ));
+    case.assert_file_gone();
+}
+
+#[test]
+fn sigint_with_tokio_ctrl_c_above_the_attribute_runs_the_programs_shutdown() {
+    let case = Case::new();
+    graceful_on_sigint(case.command_for(
+        Path::new(env!("CARGO_BIN_EXE_fixture-tokio-below")),
+        "ctrl-c",
+    ));
+    case.assert_file_gone();
+}
+
+#[test]
+fn sigint_with_the_ctrlc_crate_runs_the_programs_shutdown() {
+    let case = Case::new();
+    graceful_on_sigint(case.command("ctrlc"));
+    case.assert_file_gone();
+}
+
+#[test]
+fn sighup_ignored_at_start_stays_ignored() {
+    let case = Case::new();
+    let mut command = case.command("hold");
+    // As `nohup` does: SIGHUP ignored before exec.
+    // SAFETY: `signal` is async-signal-safe, as required between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::signal::signal(Signal::SIGHUP, nix::sys::signal::SigHandler::SigIgn)
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut running = start(command);
+    running.signal(Signal::SIGHUP);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        running.child.try_wait().unwrap().is_none(),
+        "SIGHUP was not ignored"
+    );
+    case.assert_held_by(running.pid());
+    running.signal(Signal::SIGTERM);
+    let (status, _) = running.finish();
+    assert!(killed_by(status, Signal::SIGTERM));
+    case.assert_file_gone();
+}
+
+#[test]
+fn worker_thread_panic_does_not_release_the_lock() {
+    let case = Case::new();
+    let running = start(case.command("worker-panic"));
+    case.assert_held_by(running.pid());
+    running.signal(Signal::SIGTERM);
+    let (_, stderr) = running.finish();
+    assert!(stderr.contains("a worker panicked"), "{stderr}");
+    case.assert_file_gone();
+}
+
+#[test]
+fn spawned_child_outlives_the_parent_without_holding_the_lock() {
+    let case = Case::new();
+    let parent = start(case.command("spawn-child"));
+    let child_pid: i32 = parent.first_line.trim().parse().unwrap();
+    let (status, stderr) = parent.finish();
+    assert!(status.success(), "{stderr}");
+    let child = nix::unistd::Pid::from_raw(child_pid);
+    assert!(
+        nix::sys::signal::kill(child, None).is_ok(),
+        "the child should still run"
+    );
+    // The parent's file is gone and a new instance gets the lock although
+    // the child that inherited everything else is alive.
+    case.assert_file_gone();
+    let next = start(case.command("hold"));
+    case.assert_held_by(next.pid());
+    nix::sys::signal::kill(child, Signal::SIGKILL).unwrap();
+}
+
+#[test]
+fn sigkill_leaves_a_stale_file_that_the_next_start_takes_over_with_a_warning() {
+    let case = Case::new();
+    let running = start(case.command("hold"));
+    let dead = running.pid();
+    running.signal(Signal::SIGKILL);
+    let (status, _) = running.finish();
+    assert!(killed_by(status, Signal::SIGKILL));
+    assert_eq!(
+        read(&case.pid_file),
+        format!("{dead}\n"),
+        "SIGKILL cannot clean up"
+    );
+    let (status, stderr) = run(case.command("exit"));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "WARNING - Found stale PID file (PID {dead} not running). Removing...\n"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn file_replaced_under_a_holder_survives_the_holders_exit() {
+    for ends_by_signal in [false, true] {
+        let case = Case::new();
+        let mut command = case.command("until-stdin-closes");
+        command.stdin(Stdio::piped());
+        let mut a = start(command);
+        // A's file deleted by hand; B starts and writes its own.
+        std::fs::remove_file(&case.pid_file).unwrap();
+        let b = start(case.command("hold"));
+        assert_eq!(read(&case.pid_file), format!("{}\n", b.pid()));
+        if ends_by_signal {
+            a.signal(Signal::SIGTERM);
+        } else {
+            a.child.stdin.take().unwrap().write_all(b"\n").unwrap();
+        }
+        a.finish();
+        assert_eq!(
+            read(&case.pid_file),
+            format!("{}\n", b.pid()),
+            "A removed B's file"
+        );
+        case.assert_held_by(b.pid());
+    }
+}
