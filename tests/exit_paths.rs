@@ -105,7 +105,7 @@ fn abort_removes_the_file_and_dies_by_sigabrt() {
 #[test]
 fn panic_in_a_panic_abort_build_removes_the_file_and_dies_by_sigabrt() {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/panic-abort/Cargo.toml");
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/panic-abort");
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/nested");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let build = Command::new(cargo)
         .args(["build", "--quiet", "--locked", "--manifest-path"])

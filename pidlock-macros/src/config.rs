@@ -59,18 +59,24 @@ impl Config {
 
     fn set(&mut self, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
         let Some(key) = meta.path.get_ident().map(ToString::to_string) else {
-            return Err(meta.error(format!("expected one of: {}", KEYS.join(", "))));
+            return Err(syn::Error::new_spanned(
+                &meta.path,
+                format!("expected one of: {}", KEYS.join(", ")),
+            ));
         };
         let value = meta.value()?;
         if !KEYS.contains(&key.as_str()) {
             // Read the value so the keys after it can still be checked.
             let _: Expr = value.parse()?;
-            self.reject(meta.error(unknown_key(&key)));
+            self.reject(syn::Error::new_spanned(&meta.path, unknown_key(&key)));
             return Ok(());
         }
         if self.seen.contains(&key) {
             let _: Expr = value.parse()?;
-            self.reject(meta.error(format!("`{key}` is given twice")));
+            self.reject(syn::Error::new_spanned(
+                &meta.path,
+                format!("`{key}` is given twice"),
+            ));
             return Ok(());
         }
         self.seen.push(key.clone());

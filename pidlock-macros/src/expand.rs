@@ -13,8 +13,9 @@
 //! attribute; it then runs again on the sync `main` the runtime produced.
 
 use proc_macro2::{Delimiter, Group, Ident, Span, TokenStream, TokenTree};
-use quote::{ToTokens, quote};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::parse::{Parse, ParseStream};
+use syn::spanned::Spanned;
 use syn::{Attribute, Signature, Visibility};
 
 use crate::config::Config;
@@ -24,25 +25,38 @@ use crate::config::Config;
 /// item, so the user sees that one error and nothing else.
 pub fn single_instance(args: TokenStream, item: TokenStream) -> TokenStream {
     let config = Config::parse(args.clone());
-    let main = syn::parse2::<MainFn>(item.clone());
-    let result = match (config, main) {
-        (Ok(config), Ok(main)) => main.check().map(|()| rewrite(&config, args, main)),
-        (Err(mut error), Ok(main)) => {
-            if let Err(item_error) = main.check() {
-                error.combine(item_error);
-            }
-            Err(error)
+    let main = match syn::parse2::<MainFn>(item.clone()) {
+        Ok(main) => main,
+        Err(item_error) => {
+            let error = match config {
+                Ok(_) => item_error,
+                Err(mut error) => {
+                    error.combine(item_error);
+                    error
+                }
+            };
+            return with_item(&error, item);
         }
-        (Err(mut error), Err(item_error)) => {
-            error.combine(item_error);
-            Err(error)
-        }
-        (Ok(_), Err(error)) => Err(error),
     };
-    result.unwrap_or_else(|error| {
-        let error = error.to_compile_error();
-        quote!(#error #item)
-    })
+    match (config, main.check()) {
+        (Ok(config), Ok(())) => rewrite(&config, args, main),
+        (Err(error), Ok(())) => with_item(&error, item),
+        (config, Err(mut error)) => {
+            if let Err(config_error) = config {
+                error.combine(config_error);
+            }
+            let error = error.to_compile_error();
+            let stand_in = main.set_aside();
+            quote!(#error #stand_in)
+        }
+    }
+}
+
+/// The error, then the item untouched: the user sees this one error, the
+/// rest of the crate still resolves, and no "`main` not found" follows.
+fn with_item(error: &syn::Error, item: TokenStream) -> TokenStream {
+    let error = error.to_compile_error();
+    quote!(#error #item)
 }
 
 /// A function item with its body kept as raw tokens (as tokio-macros does):
@@ -83,6 +97,29 @@ impl Parse for MainFn {
 }
 
 impl MainFn {
+    /// For a signature we refused: rustc would refuse the same `main` a second
+    /// time (async, parameters, generics, ABI), so the function is kept under
+    /// another name, where its body is still checked and its own errors still
+    /// show, and an empty `main` stands in for it.
+    fn set_aside(self) -> TokenStream {
+        let Self {
+            attrs,
+            vis,
+            mut sig,
+            body,
+        } = self;
+        if sig.ident != "main" {
+            return quote!(#(#attrs)* #vis #sig #body);
+        }
+        sig.ident = Ident::new("__pidlock_refused_main", sig.ident.span());
+        quote! {
+            #(#attrs)*
+            #[allow(dead_code)]
+            #vis #sig #body
+            fn main() {}
+        }
+    }
+
     /// Refuses signatures the lock cannot wrap, each on the offending token.
     fn check(&self) -> syn::Result<()> {
         let sig = &self.sig;
@@ -173,9 +210,6 @@ fn rewrite(config: &Config, args: TokenStream, main: MainFn) -> TokenStream {
     let mut new_body = Group::new(
         Delimiter::Brace,
         quote! {
-            // The lint names: a literal `path` is passed by reference like any
-            // other expression, which clippy would flag in the user's crate.
-            #[allow(clippy::needless_borrow, clippy::needless_borrows_for_generic_args)]
             let #guard = #krate::__private::Entry::new(
                 ::core::option_env!("CARGO_BIN_NAME"),
                 ::core::env!("CARGO_CRATE_NAME"),
@@ -196,7 +230,8 @@ fn rewrite(config: &Config, args: TokenStream, main: MainFn) -> TokenStream {
 fn builder_calls(config: &Config, krate: &TokenStream) -> TokenStream {
     let mut calls = TokenStream::new();
     if let Some(path) = &config.path {
-        calls.extend(quote!(.path(&(#path))));
+        // Spanned on the expression, so a type error points at it.
+        calls.extend(quote_spanned!(path.span()=> .path(&(#path))));
     }
     if let Some(var) = &config.env {
         calls.extend(quote!(.env(#var)));

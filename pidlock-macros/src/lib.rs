@@ -4,6 +4,8 @@
 
 mod config;
 mod expand;
+#[cfg(test)]
+mod fuzz;
 
 use proc_macro::TokenStream;
 

@@ -1,0 +1,2 @@
+#[pidlock_core::single_instance(url = "postgres://localhost/bot")]
+fn main() {}

@@ -1,0 +1,4 @@
+#[pidlock_core::single_instance]
+struct Bot;
+
+fn main() {}

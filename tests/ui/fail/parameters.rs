@@ -1,0 +1,4 @@
+#[pidlock_core::single_instance]
+fn main(token: String) {
+    let _ = token;
+}

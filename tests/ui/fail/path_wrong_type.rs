@@ -1,0 +1,2 @@
+#[pidlock_core::single_instance(path = 42)]
+fn main() {}

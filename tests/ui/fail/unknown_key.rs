@@ -1,0 +1,2 @@
+#[pidlock_core::single_instance(lockfile = "data/bot.pid")]
+fn main() {}

@@ -1,0 +1,2 @@
+#[pidlock_core::single_instance(on_conflict = "retry")]
+fn main() {}

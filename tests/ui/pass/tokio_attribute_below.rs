@@ -1,0 +1,5 @@
+#[pidlock_core::single_instance(path = std::env::temp_dir().join("pidlock-ui-tokio-below.pid"))]
+#[tokio::main]
+async fn main() {
+    tokio::task::yield_now().await;
+}
