@@ -4,11 +4,13 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::backend::{Backend, Held};
 use crate::error::{Error, Result};
 use crate::lockfile::PidLock;
 use crate::messages::{self, Level};
+use crate::policy::OnConflict;
 use crate::signals::Signals;
 
 /// Where a program's PID file goes when the attribute names no `path`:
@@ -42,6 +44,7 @@ pub struct Entry {
     exit_code: u8,
     hint: Option<&'static str>,
     signals: Signals,
+    on_conflict: OnConflict,
 }
 
 impl Entry {
@@ -55,7 +58,24 @@ impl Entry {
             exit_code: 1,
             hint: None,
             signals: Signals::Auto,
+            on_conflict: OnConflict::Exit,
         }
+    }
+
+    /// `on_conflict = "wait"`, with `timeout` in milliseconds.
+    pub fn wait(mut self, timeout_ms: Option<u64>) -> Self {
+        self.on_conflict = OnConflict::Wait {
+            timeout: timeout_ms.map(Duration::from_millis),
+        };
+        self
+    }
+
+    /// `on_conflict = "takeover"`, with `timeout` in milliseconds.
+    pub fn takeover(mut self, timeout_ms: Option<u64>) -> Self {
+        self.on_conflict = OnConflict::Takeover {
+            timeout: timeout_ms.map_or(OnConflict::DEFAULT_TAKEOVER_TIMEOUT, Duration::from_millis),
+        };
+        self
     }
 
     /// `path = ...`.
@@ -102,7 +122,10 @@ impl Entry {
 
     fn acquire(&self) -> Result<InstanceGuard> {
         let path = self.resolve_path()?;
-        let backends: [&dyn Backend; 1] = [&PidLock::new(path).signals(self.signals)];
+        let local = PidLock::new(path)
+            .signals(self.signals)
+            .on_conflict(self.on_conflict);
+        let backends: [&dyn Backend; 1] = [&local];
         let mut held = Vec::with_capacity(backends.len());
         for backend in backends {
             // On failure, the locks already taken are released by `held`'s drop.

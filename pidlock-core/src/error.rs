@@ -89,6 +89,27 @@ pub enum Error {
         /// Who holds it.
         holder: Holder,
     },
+    /// [`OnConflict::Wait`](crate::OnConflict::Wait) or
+    /// [`OnConflict::Takeover`](crate::OnConflict::Takeover) waited this long
+    /// and the holder still has the lock.
+    TimedOut {
+        /// The PID file.
+        path: PathBuf,
+        /// Who holds it.
+        holder: Holder,
+        /// How long we waited.
+        waited: std::time::Duration,
+    },
+    /// [`OnConflict::Takeover`](crate::OnConflict::Takeover) refused to
+    /// signal anyone: the kernel cannot confirm which process holds the lock
+    /// (not Linux, no `/proc`, or the holder is in another PID namespace), and
+    /// a PID read from the file alone is never signalled.
+    HolderUnverified {
+        /// The PID file.
+        path: PathBuf,
+        /// What the file claims.
+        holder: Holder,
+    },
     /// This very process already holds a lock on this file (acquired twice).
     HeldByThisProcess {
         /// The PID file.
@@ -147,6 +168,21 @@ impl fmt::Display for Error {
             Self::AlreadyRunning { path, holder } => write!(
                 f,
                 "another instance is already running ({holder}); it holds {}",
+                path.display()
+            ),
+            Self::TimedOut {
+                path,
+                holder,
+                waited,
+            } => write!(
+                f,
+                "another instance is still running ({holder}) after waiting {}; it holds {}",
+                crate::messages::duration(*waited),
+                path.display()
+            ),
+            Self::HolderUnverified { path, holder } => write!(
+                f,
+                "not taking over {}: the kernel cannot confirm which process holds it (the file says {holder}), and a PID from the file alone is never signalled",
                 path.display()
             ),
             Self::HeldByThisProcess { path } => write!(

@@ -30,6 +30,8 @@ const SLOTS: usize = 8;
 
 struct Registration {
     dir: RawFd,
+    /// The locked descriptor, for [`crate::restart`].
+    file: RawFd,
     name: CString,
     identity: Identity,
 }
@@ -41,8 +43,8 @@ static READERS: AtomicUsize = AtomicUsize::new(0);
 #[derive(Debug)]
 pub(crate) struct Ticket(Option<usize>);
 
-/// Records a held file. `dir` must stay open until [`unregister`].
-pub(crate) fn register(dir: RawFd, name: &CStr, identity: Identity) -> Ticket {
+/// Records a held file. `dir` and `file` must stay open until [`unregister`].
+pub(crate) fn register(dir: RawFd, file: RawFd, name: &CStr, identity: Identity) -> Ticket {
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| {
         // SAFETY: `remove_on_exit` is an `extern "C" fn()` that never unwinds.
@@ -52,6 +54,7 @@ pub(crate) fn register(dir: RawFd, name: &CStr, identity: Identity) -> Ticket {
     });
     let registration = Box::into_raw(Box::new(Registration {
         dir,
+        file,
         name: name.to_owned(),
         identity,
     }));
@@ -89,6 +92,17 @@ pub(crate) fn unregister(ticket: &mut Ticket) {
 /// Whether a guard in this process holds the file with this identity.
 pub(crate) fn is_held(identity: Identity) -> bool {
     with_registrations(|registration| registration.identity == identity)
+}
+
+/// The locked descriptors of every registered file (normal context only: it
+/// allocates).
+pub(crate) fn held_files() -> Vec<(RawFd, Identity)> {
+    let mut held = Vec::new();
+    with_registrations(|registration| {
+        held.push((registration.file, registration.identity));
+        false
+    });
+    held
 }
 
 /// Removes every registered file that its path still names; returns whether

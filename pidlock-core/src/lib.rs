@@ -52,20 +52,33 @@
 //! target `pidlock` (they always go to stderr too).
 
 mod backend;
+#[doc(hidden)]
+pub mod __cli {
+    //! The `pidlock` binary's code; not a public API.
+    pub use crate::cli::main;
+}
+mod cli;
 mod entry;
 mod error;
 mod exit_cleanup;
 mod lockfile;
 mod messages;
+mod ops;
 mod pid;
+mod policy;
+mod restart;
 mod signals;
 mod status;
+mod waiting;
 
 pub use entry::default_path;
 pub use error::{Error, FileKind, Holder, Result};
 pub use lockfile::{PidFileGuard, PidLock};
+pub use ops::{Stopped, stop, wait_until_free};
 pub use pid::Pid;
 pub use pidlock_macros::single_instance;
+pub use policy::OnConflict;
+pub use restart::restart;
 pub use signals::Signals;
 pub use status::{Status, status};
 

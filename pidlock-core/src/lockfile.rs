@@ -23,6 +23,8 @@ use crate::error::{Error, FileKind, Holder, Result};
 use crate::exit_cleanup;
 use crate::messages;
 use crate::pid::{self, Contents, Pid};
+use crate::policy::{Next, OnConflict, Resolver};
+use crate::restart;
 use crate::signals::{self, Signals};
 
 /// How often we open, lock and find the path replaced before giving up. Each
@@ -63,6 +65,7 @@ const EMPTY_READ_PAUSE: Duration = Duration::from_millis(5);
 pub struct PidLock {
     path: PathBuf,
     signals: Signals,
+    on_conflict: OnConflict,
     quiet: bool,
 }
 
@@ -73,8 +76,43 @@ impl PidLock {
         Self {
             path: path.into(),
             signals: Signals::Auto,
+            on_conflict: OnConflict::Exit,
             quiet: false,
         }
+    }
+
+    /// What to do when another process holds the lock: fail at once (the
+    /// default), wait, or take over; see [`OnConflict`].
+    #[must_use]
+    pub fn on_conflict(mut self, on_conflict: OnConflict) -> Self {
+        self.on_conflict = on_conflict;
+        self
+    }
+
+    /// Like [`acquire`](Self::acquire), but waits up to `timeout` for the
+    /// holder to let go (woken by the kernel when it does).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pidlock_core::{Error, PidLock, Signals};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("job.pid");
+    /// let guard = PidLock::new(&path).signals(Signals::None).acquire_timeout(Duration::from_secs(1))?;
+    /// # drop(guard);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire), with [`Error::TimedOut`] in place of
+    /// [`Error::AlreadyRunning`].
+    pub fn acquire_timeout(&self, timeout: Duration) -> Result<PidFileGuard> {
+        self.clone()
+            .on_conflict(OnConflict::Wait {
+                timeout: Some(timeout),
+            })
+            .acquire()
     }
 
     /// Whether a terminating signal removes the file first (the default,
@@ -116,10 +154,19 @@ impl PidLock {
         })?;
         let (parent, name) = split(&path)?;
         let dir = open_dir(parent, &path)?;
-        let locked = lock_file(&dir, &name, &path)?;
         if self.signals == Signals::Auto {
             signals::install();
         }
+        if let Some(adopted) = restart::adopt(dir.as_fd(), &name) {
+            let mut guard = PidFileGuard::new(path, dir, name, adopted);
+            if !self.quiet {
+                messages::kept_across_restart(guard.pid);
+                guard.announce = true;
+            }
+            return Ok(guard);
+        }
+        let mut resolver = Resolver::new(self.on_conflict, &path, self.quiet);
+        let locked = lock_file(&dir, &name, &path, &mut resolver)?;
         let previous = if locked.created {
             None
         } else {
@@ -167,7 +214,8 @@ pub struct PidFileGuard {
 impl PidFileGuard {
     fn new(path: PathBuf, dir: OwnedFd, name: CString, locked: Locked) -> Self {
         let identity = Identity::of(&locked.stat);
-        let cleanup = exit_cleanup::register(dir.as_raw_fd(), &name, identity);
+        let cleanup =
+            exit_cleanup::register(dir.as_raw_fd(), locked.file.as_raw_fd(), &name, identity);
         Self {
             path,
             pid: Pid::current(),
@@ -278,19 +326,16 @@ impl Identity {
     // The casts widen `dev_t`/`ino_t`, whose width differs between platforms.
     #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
     pub(crate) fn of(stat: &FileStat) -> Self {
-        Self {
-            dev: stat.st_dev as u64,
-            ino: stat.st_ino as u64,
-        }
+        Self::from_raw(stat.st_dev as u64, stat.st_ino as u64)
     }
 
-    #[cfg(test)]
-    #[allow(clippy::useless_conversion)] // dev_t is u32 on some platforms
-    pub(crate) fn from_parts(dev: nix::libc::dev_t, ino: u64) -> Self {
-        Self {
-            dev: dev.into(),
-            ino,
-        }
+    pub(crate) fn from_raw(dev: u64, ino: u64) -> Self {
+        Self { dev, ino }
+    }
+
+    /// `dev` and `ino`, as written into the restart hand-over.
+    pub(crate) fn raw(self) -> (u64, u64) {
+        (self.dev, self.ino)
     }
 
     /// How `/proc/locks` names this file: hex `major:minor`, then the inode.
@@ -330,11 +375,11 @@ pub(crate) fn unlink_if_ours(
 }
 
 /// A file we hold the lock on, verified to be the one the path names.
-struct Locked {
-    file: OwnedFd,
-    stat: FileStat,
+pub(crate) struct Locked {
+    pub(crate) file: OwnedFd,
+    pub(crate) stat: FileStat,
     /// We created it just now, so it holds nothing to report on.
-    created: bool,
+    pub(crate) created: bool,
 }
 
 fn split(path: &Path) -> Result<(&Path, CString)> {
@@ -381,12 +426,21 @@ fn open_dir(parent: &Path, path: &Path) -> Result<OwnedFd> {
 /// Steps 1–3 of SPEC §4: open (creating if needed), refuse anything but a
 /// regular file, `flock` without blocking, then check the path still names
 /// what we locked.
-fn lock_file(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<Locked> {
-    for _ in 0..OPEN_ATTEMPTS {
+fn lock_file(
+    dir: &OwnedFd,
+    name: &CStr,
+    path: &Path,
+    resolver: &mut Resolver<'_>,
+) -> Result<Locked> {
+    let mut replaced = 0;
+    while replaced < OPEN_ATTEMPTS {
         let (file, created) = match open_file(dir.as_fd(), name, path) {
             Ok(opened) => opened,
             // Removed between our O_EXCL attempt and the plain open: start again.
-            Err(None) => continue,
+            Err(None) => {
+                replaced += 1;
+                continue;
+            }
             Err(Some(error)) => return Err(error),
         };
         let stat = fstat(&file).map_err(|errno| Error::io(path, "inspect", errno))?;
@@ -396,11 +450,23 @@ fn lock_file(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<Locked> {
                 kind,
             });
         }
-        match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)) {
-            Ok(()) => {}
-            Err(Errno::EWOULDBLOCK) => return Err(conflict(file.as_fd(), &stat, path)),
-            Err(errno) => return Err(Error::io(path, "lock", errno)),
-        }
+        let file =
+            match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)) {
+                Ok(()) => file,
+                Err(Errno::EWOULDBLOCK) => {
+                    let conflict = conflict(file.as_fd(), &stat, path);
+                    match resolver.resolve(file, Identity::of(&stat), conflict)? {
+                        Next::Locked(file) => {
+                            // A wait is not a replacement: each hand-over may
+                            // legitimately need one more round.
+                            replaced = 0;
+                            file
+                        }
+                        Next::Retry => continue,
+                    }
+                }
+                Err(errno) => return Err(Error::io(path, "lock", errno)),
+            };
         // Between our open and our lock, the previous holder may have removed
         // the file (we then hold a lock on an unlinked inode) or another
         // instance may have replaced it. Only a lock on the inode the path
@@ -413,7 +479,7 @@ fn lock_file(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<Locked> {
                     created,
                 });
             }
-            Ok(_) | Err(Errno::ENOENT) => continue,
+            Ok(_) | Err(Errno::ENOENT) => replaced += 1,
             Err(errno) => return Err(Error::io(path, "inspect", errno)),
         }
     }

@@ -8,6 +8,9 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
 
 use crate::error::{Error, Holder};
 use crate::pid::{Pid, Quote};
@@ -71,6 +74,23 @@ pub(crate) fn acquired(pid: Pid) {
     emit(Level::Info, &format!("PID file lock acquired (PID: {pid})"));
 }
 
+pub(crate) fn kept_across_restart(pid: Pid) {
+    emit(
+        Level::Info,
+        &format!("PID file lock kept across restart (PID: {pid})"),
+    );
+}
+
+pub(crate) fn restarting(pid: Pid, executable: &Path) {
+    emit(
+        Level::Info,
+        &format!(
+            "Restarting {} with the PID lock held (PID: {pid})...",
+            executable.display()
+        ),
+    );
+}
+
 pub(crate) fn releasing() {
     emit(Level::Info, "Releasing PID lock...");
 }
@@ -107,12 +127,62 @@ pub(crate) fn corrupted(path: &Path, quote: &Quote) {
     );
 }
 
-/// The full report for a lock that was not obtained, with the user's `hint`.
+/// "500ms", "30s", "5m 3s": how long, for people.
+pub(crate) fn duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    match millis {
+        0..1_000 => format!("{millis}ms"),
+        1_000..60_000 if millis.is_multiple_of(1_000) => format!("{}s", millis / 1_000),
+        1_000..60_000 => format!("{:.1}s", duration.as_secs_f64()),
+        _ => format!("{}m {}s", millis / 60_000, millis % 60_000 / 1_000),
+    }
+}
+
+pub(crate) fn waiting(holder: Holder, timeout: Option<Duration>) {
+    let limit = timeout.map_or_else(String::new, |timeout| {
+        format!(" (up to {})", duration(timeout))
+    });
+    emit(
+        Level::Info,
+        &format!("Another instance is running ({holder}); waiting for it to exit{limit}..."),
+    );
+}
+
+pub(crate) fn taking_over(pid: Pid, signal: Signal, grace: Duration) {
+    let text = if signal == Signal::SIGKILL {
+        format!(
+            "PID {pid} did not exit within {}; sending SIGKILL...",
+            duration(grace)
+        )
+    } else {
+        format!("Another instance is running (PID: {pid}); sending it {signal} to take over...")
+    };
+    emit(Level::Warning, &text);
+}
+
+/// The full report for a lock that was not obtained, with the user's `hint`
+/// when the reason is another instance.
 #[must_use]
 pub(crate) fn failure(error: &Error, hint: Option<&str>) -> String {
     let mut text = match error {
-        Error::AlreadyRunning { path, holder } => conflict(path, *holder),
-        other => sentence(&other.to_string()),
+        Error::AlreadyRunning { path, holder } => conflict(
+            &format!("Another instance is already running ({holder})."),
+            path,
+            *holder,
+        ),
+        Error::TimedOut {
+            path,
+            holder,
+            waited,
+        } => conflict(
+            &format!(
+                "Another instance is still running ({holder}) after waiting {}.",
+                duration(*waited)
+            ),
+            path,
+            *holder,
+        ),
+        other => return sentence(&other.to_string()),
     };
     if let Some(hint) = hint {
         text.push_str(INDENT);
@@ -129,10 +199,8 @@ fn sentence(text: &str) -> String {
     })
 }
 
-fn conflict(path: &Path, holder: Holder) -> String {
-    let mut text = format!(
-        "Another instance is already running ({holder}).{INDENT}Only one instance can run at a time."
-    );
+fn conflict(headline: &str, path: &Path, holder: Holder) -> String {
+    let mut text = format!("{headline}{INDENT}Only one instance can run at a time.");
     match holder.pid() {
         Some(pid) => {
             text.push_str(INDENT);
@@ -168,6 +236,14 @@ mod tests {
              \x20         kill 12345\n\
              \x20       Or use the /restart command from Telegram."
         );
+    }
+
+    #[test]
+    fn durations_read_like_the_attribute_values() {
+        assert_eq!(duration(Duration::from_millis(500)), "500ms");
+        assert_eq!(duration(Duration::from_secs(30)), "30s");
+        assert_eq!(duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(duration(Duration::from_secs(303)), "5m 3s");
     }
 
     #[test]

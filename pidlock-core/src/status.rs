@@ -131,7 +131,8 @@ mod tests {
 
     #[test]
     fn proc_locks_lines_are_matched_by_device_and_inode() {
-        let identity = Identity::from_parts(nix::sys::stat::makedev(0xfe, 0), 10010769);
+        // Device 0xfe00 is major 0xfe, minor 0 (how /dev/vda reads on Linux).
+        let identity = Identity::from_raw(0xfe00, 10010769);
         let table = "1: POSIX  ADVISORY  WRITE 3785 fe:00:10010769 0 EOF\n\
                      2: -> FLOCK  ADVISORY  WRITE 77 fe:00:10010769 0 EOF\n\
                      3: FLOCK  ADVISORY  WRITE 99 fe:01:10010769 0 EOF\n\

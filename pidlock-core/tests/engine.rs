@@ -8,7 +8,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
-use pidlock_core::{Error, FileKind, Holder, Pid, PidLock, Signals, Status};
+use pidlock_core::{Error, FileKind, Holder, OnConflict, Pid, PidLock, Signals, Status};
 
 fn lock(path: &Path) -> PidLock {
     PidLock::new(path).signals(Signals::None).quiet(true)
@@ -305,4 +305,52 @@ fn status_names_the_kernel_lock_owner_not_the_files_claim() {
         pidlock_core::status(&path).unwrap(),
         Status::Running(Holder::Kernel(Pid::current()))
     );
+}
+
+#[test]
+fn acquire_timeout_gives_up_with_timed_out_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let other = Sleeper::start();
+    let _held = hold_elsewhere(&path, &format!("{}\n", other.pid()));
+    let started = std::time::Instant::now();
+    match lock(&path).acquire_timeout(Duration::from_millis(200)) {
+        Err(Error::TimedOut { holder, waited, .. }) => {
+            assert_eq!(holder.pid().map(Pid::get), Some(other.pid() as i32));
+            assert!(waited >= Duration::from_millis(200), "{waited:?}");
+        }
+        other => panic!("expected TimedOut, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
+
+#[test]
+fn acquire_timeout_takes_the_lock_when_the_holder_lets_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let held = hold_elsewhere(&path, "4242\n");
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        drop(held);
+    });
+    let guard = lock(&path)
+        .acquire_timeout(Duration::from_secs(10))
+        .unwrap();
+    releaser.join().unwrap();
+    assert_eq!(
+        fs::read_to_string(&path).unwrap(),
+        format!("{}\n", guard.pid())
+    );
+}
+
+#[test]
+fn waiting_on_a_lock_this_process_holds_is_refused_not_a_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let _guard = lock(&path).acquire().unwrap();
+    let waiting = lock(&path).on_conflict(OnConflict::Wait { timeout: None });
+    assert!(matches!(
+        waiting.acquire(),
+        Err(Error::HeldByThisProcess { .. })
+    ));
 }

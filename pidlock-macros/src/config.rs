@@ -28,6 +28,8 @@ pub(crate) struct Config {
     pub(crate) krate: Option<syn::Path>,
     on_conflict: Option<LitStr>,
     timeout: Option<LitStr>,
+    /// `timeout` in milliseconds, once it parsed.
+    pub(crate) timeout_ms: Option<u64>,
     /// Which keys were seen, to refuse a key given twice.
     seen: Vec<String>,
     errors: Option<syn::Error>,
@@ -103,21 +105,19 @@ impl Config {
                 }
             }),
             "on_conflict" => value.parse().map(|lit: LitStr| match lit.value().as_str() {
-                "exit" => {
+                "exit" | "wait" | "takeover" => {
                     self.on_conflict = Some(lit);
                     Ok(())
                 }
-                "wait" | "takeover" => Err(syn::Error::new_spanned(
-                    &lit,
-                    "this version of pidlock only supports on_conflict = \"exit\"",
-                )),
                 _ => Err(syn::Error::new_spanned(
                     &lit,
                     "expected on_conflict = \"exit\", \"wait\" or \"takeover\"",
                 )),
             }),
             "timeout" => value.parse().map(|lit: LitStr| {
-                parse_duration(&lit.value()).map_err(|why| syn::Error::new_spanned(&lit, why))?;
+                let ms = parse_duration(&lit.value())
+                    .map_err(|why| syn::Error::new_spanned(&lit, why))?;
+                self.timeout_ms = Some(ms);
                 self.timeout = Some(lit);
                 Ok(())
             }),
@@ -153,6 +153,13 @@ impl Config {
             self.reject(error);
         }
         Ok(())
+    }
+
+    /// The conflict policy: "exit", "wait" or "takeover".
+    pub(crate) fn on_conflict(&self) -> String {
+        self.on_conflict
+            .as_ref()
+            .map_or_else(|| "exit".to_owned(), LitStr::value)
     }
 
     /// Checks across keys, after all of them are read.

@@ -242,6 +242,15 @@ fn builder_calls(config: &Config, krate: &TokenStream) -> TokenStream {
     if let Some(hint) = &config.hint {
         calls.extend(quote!(.hint(#hint)));
     }
+    let timeout = match config.timeout_ms {
+        Some(ms) => quote!(::core::option::Option::Some(#ms)),
+        None => quote!(::core::option::Option::None),
+    };
+    match config.on_conflict().as_str() {
+        "wait" => calls.extend(quote!(.wait(#timeout))),
+        "takeover" => calls.extend(quote!(.takeover(#timeout))),
+        _ => {}
+    }
     if config.signals_none {
         calls.extend(quote!(.signals(#krate::__private::Signals::None)));
     }

@@ -1,0 +1,298 @@
+//! The `pidlock` command (SPEC §9): `status`, `stop` and `wait` on a PID
+//! file, with the exit codes of LSB init scripts for `status`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::{Holder, Pid, Status, Stopped};
+
+const USAGE: &str = "\
+usage: pidlock status PATH
+       pidlock stop PATH [--timeout DURATION] [--kill]
+       pidlock wait PATH [--timeout DURATION]
+
+status  exit 0: running; 1: not running but the PID file exists; 3: not running
+stop    SIGTERM to the process the kernel names as the holder, then wait
+        (default 10s); --kill sends SIGKILL if it is still there
+wait    block until the lock is free; exit 1 if --timeout passes first
+DURATION is like 500ms, 30s, 5m";
+
+/// LSB `status` codes; 4 is "status unknown" (an error).
+const RUNNING: u8 = 0;
+const DEAD_WITH_PID_FILE: u8 = 1;
+const USAGE_ERROR: u8 = 2;
+const NOT_RUNNING: u8 = 3;
+const ERROR: u8 = 4;
+
+/// Runs the command line `args` (without the program name).
+pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let args: Vec<OsString> = args.into_iter().collect();
+    if args.iter().any(|arg| arg == "-h" || arg == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    match Command::parse(args) {
+        Ok(command) => ExitCode::from(command.run()),
+        Err(message) => {
+            eprintln!("pidlock: {message}\n{USAGE}");
+            ExitCode::from(USAGE_ERROR)
+        }
+    }
+}
+
+enum Command {
+    Status(PathBuf),
+    Stop {
+        path: PathBuf,
+        timeout: Duration,
+        kill: bool,
+    },
+    Wait {
+        path: PathBuf,
+        timeout: Option<Duration>,
+    },
+}
+
+impl Command {
+    fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Self, String> {
+        let mut args = args.into_iter();
+        let verb = args.next().ok_or("no command given")?;
+        let mut path = None;
+        let mut timeout = None;
+        let mut kill = false;
+        while let Some(arg) = args.next() {
+            match arg.to_str() {
+                Some("--timeout") => {
+                    let value = args.next().ok_or("--timeout needs a value")?;
+                    let value = value.to_str().ok_or("--timeout is not text")?;
+                    timeout = Some(
+                        parse_duration(value)
+                            .ok_or_else(|| format!("cannot read {value:?} as a duration"))?,
+                    );
+                }
+                Some("--kill") => kill = true,
+                Some(flag) if flag.starts_with("--") => {
+                    return Err(format!("unknown option {flag}"));
+                }
+                _ if path.is_none() => path = Some(PathBuf::from(arg)),
+                _ => return Err("more than one PATH given".to_owned()),
+            }
+        }
+        let path = path.ok_or("no PATH given")?;
+        match verb.to_str() {
+            Some("status") if timeout.is_none() && !kill => Ok(Self::Status(path)),
+            Some("stop") => Ok(Self::Stop {
+                path,
+                timeout: timeout.unwrap_or(Duration::from_secs(10)),
+                kill,
+            }),
+            Some("wait") if !kill => Ok(Self::Wait { path, timeout }),
+            Some("status" | "wait") => Err("option not valid for this command".to_owned()),
+            _ => Err(format!("unknown command {verb:?}")),
+        }
+    }
+
+    fn run(self) -> u8 {
+        match self {
+            Self::Status(path) => match crate::status(&path) {
+                Ok(Status::Running(holder)) => {
+                    println!("{}: running ({})", path.display(), describe_holder(holder));
+                    if let Some(pid) = holder.pid() {
+                        print_process(pid);
+                    }
+                    RUNNING
+                }
+                Ok(Status::Stale { pid }) => {
+                    let said =
+                        pid.map_or_else(|| "no valid PID".to_owned(), |pid| format!("PID {pid}"));
+                    println!(
+                        "{}: not running, but the PID file remains ({said})",
+                        path.display()
+                    );
+                    DEAD_WITH_PID_FILE
+                }
+                Ok(Status::NotRunning) => {
+                    println!("{}: not running", path.display());
+                    NOT_RUNNING
+                }
+                Err(error) => fail(&error),
+            },
+            Self::Stop {
+                path,
+                timeout,
+                kill,
+            } => match crate::stop(&path, timeout, kill) {
+                Ok(Stopped::NotRunning) => {
+                    println!("{}: not running", path.display());
+                    0
+                }
+                Ok(Stopped::Exited(pid)) => {
+                    println!("{}: PID {pid} stopped", path.display());
+                    0
+                }
+                Ok(Stopped::Killed(pid)) => {
+                    println!(
+                        "{}: PID {pid} killed after {}",
+                        path.display(),
+                        crate::messages::duration(timeout)
+                    );
+                    0
+                }
+                Ok(Stopped::StillRunning(pid)) => {
+                    eprintln!(
+                        "pidlock: {}: PID {pid} is still running after {}{}",
+                        path.display(),
+                        crate::messages::duration(timeout),
+                        if kill {
+                            " and SIGKILL"
+                        } else {
+                            "; add --kill to send SIGKILL"
+                        }
+                    );
+                    1
+                }
+                Err(error) => fail(&error),
+            },
+            Self::Wait { path, timeout } => match crate::wait_until_free(&path, timeout) {
+                Ok(true) => 0,
+                Ok(false) => {
+                    eprintln!(
+                        "pidlock: {}: still held after {}",
+                        path.display(),
+                        crate::messages::duration(timeout.unwrap_or_default())
+                    );
+                    1
+                }
+                Err(error) => fail(&error),
+            },
+        }
+    }
+}
+
+fn fail(error: &crate::Error) -> u8 {
+    eprintln!("pidlock: {error}");
+    ERROR
+}
+
+fn describe_holder(holder: Holder) -> String {
+    match holder {
+        Holder::Kernel(pid) => format!("PID {pid}, per the kernel's lock table"),
+        Holder::File(pid) => format!("PID {pid}, per the PID file"),
+        Holder::Unknown => "PID unknown".to_owned(),
+    }
+}
+
+/// The holder's command line and start time, from `/proc` where there is one.
+fn print_process(pid: Pid) {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    if let Ok(cmdline) = std::fs::read(proc_dir.join("cmdline")) {
+        let words: Vec<String> = cmdline
+            .split(|&byte| byte == 0)
+            .filter(|word| !word.is_empty())
+            .map(|word| String::from_utf8_lossy(word).into_owned())
+            .collect();
+        println!("  command: {}", words.join(" "));
+    }
+    if let Some(started) = start_time(pid) {
+        let ago = SystemTime::now()
+            .duration_since(started)
+            .unwrap_or_default();
+        let ago = match ago.as_secs() {
+            0 => "just now".to_owned(),
+            secs => format!(
+                "{} ago",
+                crate::messages::duration(Duration::from_secs(secs))
+            ),
+        };
+        println!("  started: {} ({ago})", utc(started));
+    }
+}
+
+/// Field 22 of `/proc/PID/stat` (clock ticks after boot) plus `btime` from
+/// `/proc/stat` (boot, in seconds since the epoch).
+fn start_time(pid: Pid) -> Option<SystemTime> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: count
+    // fields after its closing parenthesis, where field 3 begins.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let ticks: u64 = after_name.split_whitespace().nth(22 - 3)?.parse().ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    let per_second = u64::try_from(per_second).ok().filter(|&n| n > 0)?;
+    Some(UNIX_EPOCH + Duration::from_secs(boot) + Duration::from_millis(ticks * 1000 / per_second))
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC`, by the days-to-civil conversion of
+/// H. Hinnant's date algorithms.
+fn utc(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
+
+/// "500ms", "30s", "5m", "1h", the grammar of the attribute's `timeout`.
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    number.checked_mul(millis).map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates_are_civil() {
+        assert_eq!(utc(UNIX_EPOCH), "1970-01-01 00:00:00 UTC");
+        assert_eq!(
+            utc(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29 00:00:00 UTC"
+        );
+        assert_eq!(
+            utc(UNIX_EPOCH + Duration::from_secs(1_795_866_867)),
+            "2026-11-28 11:54:27 UTC"
+        );
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration("s"), None);
+    }
+}

@@ -1,0 +1,157 @@
+//! Operations on another process's lock, for scripts and the `pidlock` CLI
+//! (SPEC §9): stop the holder, wait until the lock is free.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::Signal;
+use nix::sys::stat::{Mode, fstat};
+
+use crate::error::{Error, Holder, Result};
+use crate::lockfile::{Identity, retry_eintr, unsafe_kind};
+use crate::pid::{Contents, Pid};
+use crate::policy::{AFTER_SIGKILL, signal_verified};
+use crate::status::kernel_lock_holder;
+use crate::waiting::{self, Waited};
+
+/// How [`stop`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Nobody held the lock (there may be a stale file).
+    NotRunning,
+    /// The holder exited after SIGTERM.
+    Exited(Pid),
+    /// The holder ignored SIGTERM and was killed.
+    Killed(Pid),
+    /// The holder still runs after the timeout (and `kill` was not asked for,
+    /// or it survived SIGKILL: stuck in uninterruptible I/O).
+    StillRunning(Pid),
+}
+
+/// Sends SIGTERM to the process the kernel names as the holder of the lock at
+/// `path`, then waits up to `timeout` for it to let go; with `kill`, a holder
+/// still there is sent SIGKILL.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use pidlock_core::Stopped;
+///
+/// match pidlock_core::stop("data/bot.pid", Duration::from_secs(10), true)? {
+///     Stopped::Exited(pid) | Stopped::Killed(pid) => println!("stopped {pid}"),
+///     Stopped::NotRunning => println!("was not running"),
+///     Stopped::StillRunning(pid) => eprintln!("{pid} is still running"),
+/// }
+/// # Ok::<(), pidlock_core::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Error::HolderUnverified`] where the kernel cannot name the holder (a PID
+/// read from the file alone is never signalled); [`Error::UnsafePath`] and
+/// [`Error::Io`] as for [`status`](crate::status).
+pub fn stop(path: impl AsRef<Path>, timeout: Duration, kill: bool) -> Result<Stopped> {
+    let path = path.as_ref();
+    let Some((file, identity)) = open_existing(path)? else {
+        return Ok(Stopped::NotRunning);
+    };
+    let pid = match kernel_lock_holder(identity) {
+        Some(Some(pid)) => pid,
+        Some(None) => return Ok(Stopped::NotRunning),
+        None => {
+            return Err(Error::HolderUnverified {
+                path: path.to_owned(),
+                holder: claimed_holder(&file),
+            });
+        }
+    };
+    let signal_error = |errno| Error::io(path, "signal the holder of", errno);
+    if !signal_verified(pid, identity, Signal::SIGTERM).map_err(signal_error)? {
+        return Ok(Stopped::NotRunning);
+    }
+    let wait_error = |errno| Error::io(path, "wait for the holder of", errno);
+    let file =
+        match waiting::lock_shared(file, Some(Instant::now() + timeout)).map_err(wait_error)? {
+            Waited::Locked(_) => return Ok(Stopped::Exited(pid)),
+            Waited::TimedOut if !kill => return Ok(Stopped::StillRunning(pid)),
+            Waited::TimedOut => open_existing(path)?,
+        };
+    let Some((file, identity)) = file else {
+        return Ok(Stopped::Exited(pid));
+    };
+    if !signal_verified(pid, identity, Signal::SIGKILL).map_err(signal_error)? {
+        return Ok(Stopped::Exited(pid));
+    }
+    Ok(
+        match waiting::lock_shared(file, Some(Instant::now() + AFTER_SIGKILL))
+            .map_err(wait_error)?
+        {
+            Waited::Locked(_) => Stopped::Killed(pid),
+            Waited::TimedOut => Stopped::StillRunning(pid),
+        },
+    )
+}
+
+/// Blocks until nobody holds the lock at `path` (woken by the kernel), or
+/// until `timeout`; true if it is free.
+///
+/// To see that the lock is free it takes a shared lock for an instant: a
+/// program starting with `on_conflict = "exit"` at that very instant would
+/// be refused. Programs that wait for the lock are not affected.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// if pidlock_core::wait_until_free("data/bot.pid", Some(Duration::from_secs(30)))? {
+///     println!("the bot has exited");
+/// }
+/// # Ok::<(), pidlock_core::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Error::UnsafePath`] and [`Error::Io`] as for [`status`](crate::status).
+pub fn wait_until_free(path: impl AsRef<Path>, timeout: Option<Duration>) -> Result<bool> {
+    let path = path.as_ref();
+    let Some((file, _)) = open_existing(path)? else {
+        return Ok(true);
+    };
+    let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    match waiting::lock_shared(file, deadline)
+        .map_err(|errno| Error::io(path, "wait for the lock on", errno))?
+    {
+        Waited::Locked(_) => Ok(true),
+        Waited::TimedOut => Ok(false),
+    }
+}
+
+/// Opens an existing PID file read-only; `None` if there is none.
+fn open_existing(path: &Path) -> Result<Option<(OwnedFd, Identity)>> {
+    let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
+    let file = match retry_eintr(|| nix::fcntl::open(path, flags, Mode::empty())) {
+        Ok(file) => file,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(errno) => return Err(Error::io(path, "open", errno)),
+    };
+    let stat = fstat(&file).map_err(|errno| Error::io(path, "inspect", errno))?;
+    if let Some(kind) = unsafe_kind(&stat) {
+        return Err(Error::UnsafePath {
+            path: path.to_owned(),
+            kind,
+        });
+    }
+    Ok(Some((file, Identity::of(&stat))))
+}
+
+fn claimed_holder(file: &OwnedFd) -> Holder {
+    use std::os::fd::AsFd;
+    let Ok(stat) = fstat(file) else {
+        return Holder::Unknown;
+    };
+    match crate::lockfile::read_contents(file.as_fd(), &stat, Path::new("")) {
+        Ok(Contents::Pid(pid)) => Holder::File(pid),
+        _ => Holder::Unknown,
+    }
+}

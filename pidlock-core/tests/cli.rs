@@ -1,0 +1,229 @@
+//! The `pidlock` command against real lock holders: forked children that
+//! hold a `flock` on the file, as another program would.
+#![cfg(target_os = "linux")]
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use nix::libc;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork, pipe, read};
+
+/// A child process holding an exclusive lock on a file.
+struct Holder {
+    pid: Pid,
+    reaped: bool,
+}
+
+impl Holder {
+    fn start(path: &Path, ignore_sigterm: bool) -> Self {
+        let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let (ready_read, ready_write) = pipe().unwrap();
+        // SAFETY: the child makes only async-signal-safe calls (signal,
+        // open, flock, write, pause) and never returns.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => unsafe {
+                if ignore_sigterm {
+                    libc::signal(libc::SIGTERM, libc::SIG_IGN);
+                }
+                let fd = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o644);
+                libc::flock(fd, libc::LOCK_EX);
+                libc::write(
+                    std::os::fd::AsRawFd::as_raw_fd(&ready_write),
+                    b"!".as_ptr().cast(),
+                    1,
+                );
+                loop {
+                    libc::pause();
+                }
+            },
+            ForkResult::Parent { child } => {
+                drop(ready_write);
+                let mut byte = [0];
+                assert_eq!(read(&ready_read, &mut byte).unwrap(), 1);
+                Self {
+                    pid: child,
+                    reaped: false,
+                }
+            }
+        }
+    }
+
+    /// Reaps the child: the signal it died of.
+    fn death(&mut self) -> Option<Signal> {
+        self.reaped = true;
+        match waitpid(self.pid, None).unwrap() {
+            WaitStatus::Signaled(_, signal, _) => Some(signal),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
+            let _ = waitpid(self.pid, None);
+        }
+    }
+}
+
+fn pidlock(args: &[&str], path: &Path) -> (Output, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_pidlock"))
+        .arg(args[0])
+        .arg(path)
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output, stdout, stderr)
+}
+
+#[test]
+fn status_of_a_running_holder_exits_0_with_pid_command_and_start_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let holder = Holder::start(&path, false);
+    let (output, stdout, _) = pidlock(&["status"], &path);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let pid = holder.pid;
+    assert!(
+        stdout.contains(&format!("running (PID {pid}, per the kernel's lock table)")),
+        "{stdout}"
+    );
+    // The forked holder is a copy of this test binary.
+    let me = std::env::current_exe().unwrap();
+    assert!(
+        stdout.contains(&format!("  command: {}", me.display())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  started: 20"), "{stdout}");
+}
+
+#[test]
+fn status_of_a_stale_file_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    std::fs::write(&path, "2147483646\n").unwrap();
+    let (output, stdout, _) = pidlock(&["status"], &path);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("not running, but the PID file remains (PID 2147483646)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn status_without_a_file_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, stdout, _) = pidlock(&["status"], &dir.path().join("app.pid"));
+    assert_eq!(output.status.code(), Some(3), "{stdout}");
+    assert!(stdout.ends_with(": not running\n"), "{stdout}");
+}
+
+#[test]
+fn status_of_a_symlink_is_an_error_exit_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    std::os::unix::fs::symlink("/etc/hostname", &path).unwrap();
+    let (output, _, stderr) = pidlock(&["status"], &path);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("it is a symbolic link"), "{stderr}");
+}
+
+#[test]
+fn stop_sends_sigterm_to_the_holder_and_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let mut holder = Holder::start(&path, false);
+    let (output, stdout, stderr) = pidlock(&["stop"], &path);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("PID {} stopped", holder.pid)),
+        "{stdout}"
+    );
+    assert_eq!(holder.death(), Some(Signal::SIGTERM));
+}
+
+#[test]
+fn stop_of_a_holder_ignoring_sigterm_fails_without_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let holder = Holder::start(&path, true);
+    let (output, _, stderr) = pidlock(&["stop", "--timeout", "300ms"], &path);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "PID {} is still running after 300ms; add --kill to send SIGKILL",
+            holder.pid
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn stop_with_kill_kills_a_holder_ignoring_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let mut holder = Holder::start(&path, true);
+    let (output, stdout, stderr) = pidlock(&["stop", "--timeout", "300ms", "--kill"], &path);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("PID {} killed after 300ms", holder.pid)),
+        "{stdout}"
+    );
+    assert_eq!(holder.death(), Some(Signal::SIGKILL));
+}
+
+#[test]
+fn stop_when_not_running_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, stdout, _) = pidlock(&["stop"], &dir.path().join("app.pid"));
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+}
+
+#[test]
+fn wait_blocks_until_the_holder_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let mut holder = Holder::start(&path, false);
+    let mut waiter = Command::new(env!("CARGO_BIN_EXE_pidlock"))
+        .arg("wait")
+        .arg(&path)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "wait returned while the lock was held"
+    );
+    nix::sys::signal::kill(holder.pid, Signal::SIGTERM).unwrap();
+    holder.death();
+    let status = waiter.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(status.signal(), None);
+}
+
+#[test]
+fn wait_with_a_timeout_exits_1_while_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let _holder = Holder::start(&path, false);
+    let (output, _, stderr) = pidlock(&["wait", "--timeout", "300ms"], &path);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("still held after 300ms"), "{stderr}");
+}
+
+#[test]
+fn bad_usage_exits_2_with_the_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (output, _, stderr) = pidlock(&["restart"], &dir.path().join("app.pid"));
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("usage: pidlock status PATH"), "{stderr}");
+}

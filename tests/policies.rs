@@ -1,0 +1,285 @@
+//! SPEC §4's conflict policies and seamless restart, with real processes.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+use pidlock_core::{Error, PidLock, Signals, Status};
+
+struct Case {
+    _dir: tempfile::TempDir,
+    pid_file: PathBuf,
+}
+
+impl Case {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("app.pid");
+        Self {
+            _dir: dir,
+            pid_file,
+        }
+    }
+
+    fn command(&self, exe: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(exe);
+        command
+            .args(args)
+            .env("PIDLOCK_TEST_PID_FILE", &self.pid_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    fn holder(&self, mode: &str) -> Running {
+        start(self.command(env!("CARGO_BIN_EXE_fixture-holder"), &[mode]))
+    }
+}
+
+/// A child whose stderr lines and first stdout line arrive on channels, so
+/// a test can wait for "waiting for it to exit" while the child runs.
+struct Watched {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    stdout: mpsc::Receiver<String>,
+}
+
+impl Watched {
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command.spawn().unwrap();
+        Self {
+            stderr: lines(child.stderr.take().unwrap()),
+            stdout: lines(child.stdout.take().unwrap()),
+            child,
+        }
+    }
+
+    fn wait_for_stderr(&self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let line = self
+                .stderr
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no stderr line containing {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    fn wait_ready(&self) -> Instant {
+        let line = self.stdout.recv_timeout(DEADLINE).expect("never ready");
+        assert_eq!(line, "ready");
+        Instant::now()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (send, receive) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receive
+}
+
+#[test]
+fn wait_takes_over_as_soon_as_the_holder_exits() {
+    let case = Case::new();
+    let holder = case.holder("hold");
+    let waiter = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-wait"), &[]));
+    let line = waiter.wait_for_stderr("waiting for it to exit");
+    assert_eq!(
+        line,
+        format!(
+            "INFO - Another instance is running (PID: {}); waiting for it to exit...",
+            holder.pid()
+        )
+    );
+    let released = Instant::now();
+    holder.signal(Signal::SIGTERM);
+    let ready = waiter.wait_ready();
+    eprintln!(
+        "wait hand-over, SIGTERM to the holder -> the waiter runs: {:?}",
+        ready - released
+    );
+    assert_eq!(read(&case.pid_file), format!("{}\n", waiter.child.id()));
+    holder.finish();
+}
+
+#[test]
+fn wait_with_a_timeout_gives_up_with_the_exit_code_and_message() {
+    let case = Case::new();
+    let holder = case.holder("hold");
+    let started = Instant::now();
+    let (status, stderr) = run(case.command(env!("CARGO_BIN_EXE_fixture-wait-500ms"), &[]));
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert_eq!(status.code(), Some(9), "{stderr}");
+    let pid = holder.pid();
+    assert!(
+        stderr.contains(&format!(
+            "ERROR - Another instance is still running (PID: {pid}) after waiting 500ms.\n\
+             \x20       Only one instance can run at a time.\n\
+             \x20       To stop the existing instance:\n\
+             \x20         kill {pid}\n"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        read(&case.pid_file),
+        format!("{pid}\n"),
+        "the holder's file was touched"
+    );
+}
+
+#[test]
+fn takeover_sends_sigterm_and_runs_once_the_holder_exited() {
+    let case = Case::new();
+    let holder = case.holder("hold");
+    let old = holder.pid();
+    let newcomer = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-takeover"), &[]));
+    newcomer.wait_ready();
+    let (status, _) = holder.finish();
+    assert!(killed_by(status, Signal::SIGTERM), "{status:?}");
+    assert_eq!(read(&case.pid_file), format!("{}\n", newcomer.child.id()));
+    newcomer.wait_for_stderr(&format!(
+        "Another instance is running (PID: {old}); sending it SIGTERM to take over..."
+    ));
+}
+
+#[test]
+fn takeover_kills_a_holder_that_ignores_sigterm_after_the_timeout() {
+    let case = Case::new();
+    let holder = case.holder("ignore-sigterm");
+    let started = Instant::now();
+    let newcomer = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-takeover"), &[]));
+    newcomer.wait_ready();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "killed before the 1s grace"
+    );
+    let (status, _) = holder.finish();
+    assert!(killed_by(status, Signal::SIGKILL), "{status:?}");
+    newcomer.wait_for_stderr("did not exit within 1s; sending SIGKILL...");
+    assert_eq!(read(&case.pid_file), format!("{}\n", newcomer.child.id()));
+}
+
+/// A live process that must never receive a signal from pidlock.
+struct Bystander(Child);
+
+impl Bystander {
+    fn start() -> Self {
+        Self(Command::new("sleep").arg("30").spawn().unwrap())
+    }
+
+    fn assert_untouched(&mut self) {
+        assert!(
+            self.0.try_wait().unwrap().is_none(),
+            "the bystander was signalled"
+        );
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn takeover_never_signals_a_pid_read_from_an_unlocked_file() {
+    let case = Case::new();
+    let mut bystander = Bystander::start();
+    std::fs::write(&case.pid_file, format!("{}\n", bystander.0.id())).unwrap();
+    let (status, stderr) = run(case.command(env!("CARGO_BIN_EXE_fixture-takeover"), &["exit"]));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stderr.contains("is running but does not hold the lock"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sending it"), "{stderr}");
+    bystander.assert_untouched();
+}
+
+#[test]
+fn takeover_signals_the_kernels_holder_not_the_pid_in_the_file() {
+    let case = Case::new();
+    let holder = case.holder("hold");
+    let mut bystander = Bystander::start();
+    // The file now lies about who holds the lock.
+    std::fs::write(&case.pid_file, format!("{}\n", bystander.0.id())).unwrap();
+    let newcomer = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-takeover"), &[]));
+    newcomer.wait_ready();
+    let (status, _) = holder.finish();
+    assert!(killed_by(status, Signal::SIGTERM), "{status:?}");
+    bystander.assert_untouched();
+}
+
+#[test]
+fn restart_keeps_the_lock_and_the_pid_across_twenty_execs() {
+    const RESTARTS: usize = 20;
+    let case = Case::new();
+    let log = case.pid_file.with_file_name("starts.log");
+    let restarting = Watched::spawn(case.command(
+        env!("CARGO_BIN_EXE_fixture-holder"),
+        &["restart", log.to_str().unwrap(), &RESTARTS.to_string()],
+    ));
+    let pid = restarting.child.id();
+    // The first start logs itself only once it holds the lock; from then on
+    // the lock must never be free, restarts included.
+    let deadline = Instant::now() + DEADLINE;
+    while !log.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the first start never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // A contender tries the lock in a tight loop for as long as the restarts go on.
+    let contender = PidLock::new(&case.pid_file)
+        .signals(Signals::None)
+        .quiet(true);
+    let mut attempts = 0;
+    loop {
+        match contender.acquire() {
+            Ok(_) => panic!("the contender got the lock during a restart (attempt {attempts})"),
+            Err(Error::AlreadyRunning { .. }) => attempts += 1,
+            Err(other) => panic!("unexpected: {other}"),
+        }
+        if restarting.stdout.try_recv().is_ok() {
+            break;
+        }
+    }
+    let starts = read(&log);
+    assert_eq!(starts.lines().count(), RESTARTS + 1, "{starts}");
+    assert!(
+        starts.lines().all(|line| line == pid.to_string()),
+        "PID changed: {starts}"
+    );
+    assert_eq!(read(&case.pid_file), format!("{pid}\n"));
+    assert_eq!(
+        pidlock_core::status(&case.pid_file).unwrap(),
+        Status::Running(pidlock_core::Holder::Kernel(
+            pidlock_core::Pid::new(pid as i32).unwrap()
+        ))
+    );
+    eprintln!("{attempts} contender attempts during {RESTARTS} restarts, all refused");
+}
