@@ -394,17 +394,22 @@ fn split(path: &Path) -> Result<(&Path, CString)> {
     Ok((parent, name))
 }
 
+/// The directory is only ever used as the base of `openat`, `fstatat` and
+/// `unlinkat`: on Linux `O_PATH` opens it without the permission check and
+/// file setup a readable descriptor needs (measured: 2 µs less per
+/// acquisition, see BENCHMARKS.md).
+#[cfg(target_os = "linux")]
+const DIRECTORY_FLAGS: OFlag = OFlag::O_PATH
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_CLOEXEC);
+#[cfg(not(target_os = "linux"))]
+const DIRECTORY_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_CLOEXEC);
+
 /// Opens the directory the PID file lives in, creating it (0755) if missing.
 fn open_dir(parent: &Path, path: &Path) -> Result<OwnedFd> {
-    let open = || {
-        retry_eintr(|| {
-            nix::fcntl::open(
-                parent,
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-        })
-    };
+    let open = || retry_eintr(|| nix::fcntl::open(parent, DIRECTORY_FLAGS, Mode::empty()));
     match open() {
         Ok(dir) => Ok(dir),
         Err(Errno::ENOENT) => {

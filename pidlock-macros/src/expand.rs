@@ -130,7 +130,7 @@ impl MainFn {
                 "#[single_instance] cannot go on a `const fn`",
             ));
         }
-        if let Some(token) = &sig.unsafety {
+        if let syn::Safety::Unsafe(token) = &sig.safety {
             errors.push(syn::Error::new_spanned(
                 token,
                 "#[single_instance] cannot go on an `unsafe fn`; make `main` safe",
@@ -156,7 +156,7 @@ impl MainFn {
         }
         if sig.asyncness.is_some() && runtime_attribute(&self.attrs).is_none() {
             errors.push(syn::Error::new_spanned(
-                &sig.asyncness,
+                sig.asyncness.as_ref(),
                 "`async fn main` needs a runtime: add `#[tokio::main]` (or your runtime's attribute) to this function",
             ));
         }

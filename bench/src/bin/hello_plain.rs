@@ -1,0 +1,4 @@
+//! The baseline of the start-up bench: a release hello-world.
+fn main() {
+    println!("hello");
+}
