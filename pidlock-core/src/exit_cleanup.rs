@@ -19,6 +19,7 @@
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{BorrowedFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::ptr;
 use std::sync::Once;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::SeqCst};
@@ -34,6 +35,8 @@ struct Registration {
     file: RawFd,
     name: CString,
     identity: Identity,
+    /// For reports (never read in signal context).
+    path: PathBuf,
 }
 
 static HELD: [AtomicPtr<Registration>; SLOTS] = [const { AtomicPtr::new(ptr::null_mut()) }; SLOTS];
@@ -44,7 +47,13 @@ static READERS: AtomicUsize = AtomicUsize::new(0);
 pub(crate) struct Ticket(Option<usize>);
 
 /// Records a held file. `dir` and `file` must stay open until [`unregister`].
-pub(crate) fn register(dir: RawFd, file: RawFd, name: &CStr, identity: Identity) -> Ticket {
+pub(crate) fn register(
+    dir: RawFd,
+    file: RawFd,
+    name: &CStr,
+    identity: Identity,
+    path: &Path,
+) -> Ticket {
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| {
         // SAFETY: `remove_on_exit` is an `extern "C" fn()` that never unwinds.
@@ -57,6 +66,7 @@ pub(crate) fn register(dir: RawFd, file: RawFd, name: &CStr, identity: Identity)
         file,
         name: name.to_owned(),
         identity,
+        path: path.to_owned(),
     }));
     for (index, slot) in HELD.iter().enumerate() {
         if slot
@@ -100,6 +110,16 @@ pub(crate) fn held_files() -> Vec<(RawFd, Identity)> {
     let mut held = Vec::new();
     with_registrations(|registration| {
         held.push((registration.file, registration.identity));
+        false
+    });
+    held
+}
+
+/// The paths of the files this process holds locks on (normal context only).
+pub(crate) fn held_paths() -> Vec<PathBuf> {
+    let mut held = Vec::new();
+    with_registrations(|registration| {
+        held.push(registration.path.clone());
         false
     });
     held

@@ -69,6 +69,7 @@ mod policy;
 mod restart;
 mod signals;
 mod status;
+mod telegram;
 mod waiting;
 
 pub use entry::default_path;
@@ -81,6 +82,7 @@ pub use policy::OnConflict;
 pub use restart::restart;
 pub use signals::Signals;
 pub use status::{Status, status};
+pub use telegram::{InstanceConflictReport, is_instance_conflict};
 
 /// What `#[single_instance]` expands to. Not a public API: it changes with the
 /// macro, which pins this crate's exact version.

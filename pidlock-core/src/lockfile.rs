@@ -214,8 +214,13 @@ pub struct PidFileGuard {
 impl PidFileGuard {
     fn new(path: PathBuf, dir: OwnedFd, name: CString, locked: Locked) -> Self {
         let identity = Identity::of(&locked.stat);
-        let cleanup =
-            exit_cleanup::register(dir.as_raw_fd(), locked.file.as_raw_fd(), &name, identity);
+        let cleanup = exit_cleanup::register(
+            dir.as_raw_fd(),
+            locked.file.as_raw_fd(),
+            &name,
+            identity,
+            &path,
+        );
         Self {
             path,
             pid: Pid::current(),
