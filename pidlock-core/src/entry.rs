@@ -45,6 +45,9 @@ pub struct Entry {
     hint: Option<&'static str>,
     signals: Signals,
     on_conflict: OnConflict,
+    /// `url` and `key`: the lock across hosts.
+    remote_url: Option<String>,
+    remote_key: Option<String>,
 }
 
 impl Entry {
@@ -59,7 +62,21 @@ impl Entry {
             hint: None,
             signals: Signals::Auto,
             on_conflict: OnConflict::Exit,
+            remote_url: None,
+            remote_key: None,
         }
+    }
+
+    /// `url = ...`: also take the lock in PostgreSQL (the `postgres` feature).
+    pub fn url(mut self, url: impl AsRef<str>) -> Self {
+        self.remote_url = Some(url.as_ref().to_owned());
+        self
+    }
+
+    /// `key = ...`: the PostgreSQL lock's name (default: the binary's name).
+    pub fn key(mut self, key: impl AsRef<str>) -> Self {
+        self.remote_key = Some(key.as_ref().to_owned());
+        self
     }
 
     /// `on_conflict = "wait"`, with `timeout` in milliseconds.
@@ -121,17 +138,43 @@ impl Entry {
     }
 
     fn acquire(&self) -> Result<InstanceGuard> {
-        let path = self.resolve_path()?;
-        let local = PidLock::new(path)
-            .signals(self.signals)
-            .on_conflict(self.on_conflict);
-        let backends: [&dyn Backend; 1] = [&local];
-        let mut held = Vec::with_capacity(backends.len());
-        for backend in backends {
-            // On failure, the locks already taken are released by `held`'s drop.
-            held.push(backend.acquire()?);
+        // The local lock first: it is cheap, and it keeps a second copy on
+        // this host from even connecting to the server.
+        let mut held = Vec::with_capacity(2);
+        if self.remote_url.is_none() || self.path.is_some() || self.env.is_some() {
+            let local = PidLock::new(self.resolve_path()?)
+                .signals(self.signals)
+                .on_conflict(self.on_conflict);
+            held.push(Backend::acquire(&local)?);
+        }
+        if let Some(url) = &self.remote_url {
+            // On failure, the local lock is released by `held`'s drop.
+            held.push(self.remote(url)?);
         }
         Ok(InstanceGuard { held })
+    }
+
+    #[cfg(feature = "postgres")]
+    fn remote(&self, url: &str) -> Result<Box<dyn Held>> {
+        if self.signals == Signals::Auto {
+            // A holder that loses the lock raises SIGTERM on itself: with no
+            // handler of the program's own, the default action must end it.
+            crate::signals::install();
+        }
+        let key = self.remote_key.as_deref().unwrap_or(self.name);
+        let remote = crate::postgres::PgLock::new(url, key).on_conflict(self.on_conflict);
+        Backend::acquire(&remote)
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    fn remote(&self, _url: &str) -> Result<Box<dyn Held>> {
+        Err(Error::Remote {
+            key: self
+                .remote_key
+                .clone()
+                .unwrap_or_else(|| self.name.to_owned()),
+            reason: "this program was built without pidlock-core's `postgres` feature".to_owned(),
+        })
     }
 
     /// The environment variable wins when set and non-empty; set but empty is

@@ -110,6 +110,23 @@ pub enum Error {
         /// What the file claims.
         holder: Holder,
     },
+    /// Another process holds the PostgreSQL lock (the `postgres` feature).
+    RemoteHeld {
+        /// The lock's key.
+        key: String,
+        /// The holder's host, as it recorded it with its fencing term.
+        host: Option<String>,
+        /// The holder's PID on that host.
+        pid: Option<Pid>,
+    },
+    /// The PostgreSQL lock could not be taken or trusted (the `postgres`
+    /// feature): connection, query, pooler or settings; `reason` says which.
+    Remote {
+        /// The lock's key.
+        key: String,
+        /// What went wrong, in words.
+        reason: String,
+    },
     /// This very process already holds a lock on this file (acquired twice).
     HeldByThisProcess {
         /// The PID file.
@@ -185,6 +202,20 @@ impl fmt::Display for Error {
                 "not taking over {}: the kernel cannot confirm which process holds it (the file says {holder}), and a PID from the file alone is never signalled",
                 path.display()
             ),
+            Self::RemoteHeld { key, host, pid } => {
+                write!(f, "another instance is already running")?;
+                if let Some(host) = host {
+                    write!(f, " on host {host}")?;
+                }
+                match pid {
+                    Some(pid) => write!(f, " (PID: {pid})")?,
+                    None => write!(f, " (PID unknown)")?,
+                }
+                write!(f, ", holding the PostgreSQL lock \"{key}\"")
+            }
+            Self::Remote { key, reason } => {
+                write!(f, "cannot use the PostgreSQL lock \"{key}\": {reason}")
+            }
             Self::HeldByThisProcess { path } => write!(
                 f,
                 "{} is already held by this process (acquired twice)",

@@ -49,7 +49,8 @@
 //! ```
 //!
 //! Features: `log` and `tracing` also emit pidlock's messages as records with
-//! target `pidlock` (they always go to stderr too).
+//! target `pidlock` (they always go to stderr too); `postgres` adds the lock
+//! across hosts (`PgLock`, the attribute's `url` and `key`).
 
 mod backend;
 #[doc(hidden)]
@@ -66,6 +67,8 @@ mod messages;
 mod ops;
 mod pid;
 mod policy;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod restart;
 mod signals;
 mod status;
@@ -79,6 +82,8 @@ pub use ops::{Stopped, stop, wait_until_free};
 pub use pid::Pid;
 pub use pidlock_macros::single_instance;
 pub use policy::OnConflict;
+#[cfg(feature = "postgres")]
+pub use postgres::{LOST_LOCK_EXIT_CODE, PgGuard, PgLock, fencing_term};
 pub use restart::restart;
 pub use signals::Signals;
 pub use status::{Status, status};

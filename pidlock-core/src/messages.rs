@@ -183,6 +183,21 @@ pub(crate) fn failure(error: &Error, hint: Option<&str>) -> String {
             path,
             *holder,
         ),
+        Error::RemoteHeld { host, pid, .. } => {
+            let mut text = format!(
+                "{}{INDENT}Only one instance can run at a time.",
+                sentence(&error.to_string())
+            );
+            if let Some(pid) = pid {
+                let place = host
+                    .as_ref()
+                    .map_or_else(String::new, |host| format!(", on {host}"));
+                text.push_str(&format!(
+                    "{INDENT}To stop the existing instance{place}:{INDENT}  kill {pid}"
+                ));
+            }
+            text
+        }
         other => return sentence(&other.to_string()),
     };
     if let Some(hint) = hint {

@@ -8,6 +8,8 @@ use syn::{Expr, ExprLit, Lit, LitInt, LitStr};
 
 const KEYS: &[&str] = &[
     "path",
+    "url",
+    "key",
     "env",
     "on_conflict",
     "timeout",
@@ -26,6 +28,8 @@ pub(crate) struct Config {
     pub(crate) signals_none: bool,
     pub(crate) hint: Option<LitStr>,
     pub(crate) krate: Option<syn::Path>,
+    pub(crate) url: Option<Expr>,
+    pub(crate) key: Option<Expr>,
     on_conflict: Option<LitStr>,
     timeout: Option<LitStr>,
     /// `timeout` in milliseconds, once it parsed.
@@ -139,6 +143,20 @@ impl Config {
                     "expected signals = \"auto\" or \"none\"",
                 )),
             }),
+            "url" => value.parse().map(|expr: Expr| {
+                self.url = Some(expr);
+                Ok(())
+            }),
+            "key" => value.parse().map(|expr: Expr| match string_literal(&expr) {
+                Some(lit) if lit.value().is_empty() => Err(syn::Error::new_spanned(
+                    lit,
+                    "`key` is empty; give the lock a name such as \"my-bot\"",
+                )),
+                _ => {
+                    self.key = Some(expr);
+                    Ok(())
+                }
+            }),
             "hint" => value.parse().map(|lit: LitStr| {
                 self.hint = Some(lit);
                 Ok(())
@@ -164,18 +182,21 @@ impl Config {
 
     /// Checks across keys, after all of them are read.
     fn check(&mut self) {
-        if let Some(timeout) = &self.timeout {
-            let policy = self
-                .on_conflict
-                .as_ref()
-                .map_or_else(|| "exit".to_owned(), LitStr::value);
-            if policy == "exit" {
-                let error = syn::Error::new_spanned(
-                    timeout,
-                    "`timeout` applies only to on_conflict = \"wait\" or \"takeover\"",
-                );
-                self.reject(error);
-            }
+        if let Some(key) = &self.key
+            && self.url.is_none()
+        {
+            let error =
+                syn::Error::new_spanned(key, "`key` names the PostgreSQL lock: give `url` too");
+            self.reject(error);
+        }
+        if let Some(timeout) = &self.timeout
+            && self.on_conflict() == "exit"
+        {
+            let error = syn::Error::new_spanned(
+                timeout,
+                "`timeout` applies only to on_conflict = \"wait\" or \"takeover\"",
+            );
+            self.reject(error);
         }
     }
 }
@@ -190,14 +211,11 @@ fn string_literal(expr: &Expr) -> Option<&LitStr> {
 }
 
 fn unknown_key(key: &str) -> String {
-    let mut message = format!("unknown key `{key}`; expected one of: {}", KEYS.join(", "));
-    if matches!(key, "url" | "key") {
-        message =
-            format!("`{key}` (the cross-host lock) is not available in this version of pidlock");
-    } else if let Some(near) = KEYS.iter().find(|known| edit_distance(key, known) <= 2) {
-        message.push_str(&format!("; did you mean `{near}`?"));
+    let message = format!("unknown key `{key}`; expected one of: {}", KEYS.join(", "));
+    match KEYS.iter().find(|known| edit_distance(key, known) <= 2) {
+        Some(near) => format!("{message}; did you mean `{near}`?"),
+        None => message,
     }
-    message
 }
 
 /// Levenshtein distance, for "did you mean" on short key names.

@@ -233,6 +233,12 @@ fn builder_calls(config: &Config, krate: &TokenStream) -> TokenStream {
         // Spanned on the expression, so a type error points at it.
         calls.extend(quote_spanned!(path.span()=> .path(&(#path))));
     }
+    if let Some(url) = &config.url {
+        calls.extend(quote_spanned!(url.span()=> .url(&(#url))));
+    }
+    if let Some(key) = &config.key {
+        calls.extend(quote_spanned!(key.span()=> .key(&(#key))));
+    }
     if let Some(var) = &config.env {
         calls.extend(quote!(.env(#var)));
     }

@@ -150,3 +150,10 @@ pub fn read(path: &Path) -> String {
 pub fn data_file(dir: &Path, name: &str) -> PathBuf {
     dir.join("data").join(name)
 }
+
+/// The monotonic clock every process of the machine shares, in nanoseconds.
+pub fn monotonic_ns() -> i128 {
+    let now =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    i128::from(now.tv_sec()) * 1_000_000_000 + i128::from(now.tv_nsec())
+}

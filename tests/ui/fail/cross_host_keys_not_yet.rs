@@ -1,2 +1,0 @@
-#[pidlock_core::single_instance(url = "postgres://localhost/bot")]
-fn main() {}

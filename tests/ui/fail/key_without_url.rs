@@ -1,0 +1,2 @@
+#[pidlock_core::single_instance(key = "my-bot")]
+fn main() {}
