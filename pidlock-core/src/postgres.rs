@@ -517,7 +517,8 @@ mod tests {
 
     #[test]
     fn settings_that_break_the_lease_promise_are_refused() {
-        let lock = PgLock::new("postgres://localhost/x", "k").lease(Duration::from_secs(20));
+        // 26 s lease + 5 s grace is not shorter than the 30 s server timeout.
+        let lock = PgLock::new("postgres://localhost/x", "k").lease(Duration::from_secs(26));
         match lock.acquire() {
             Err(Error::Remote { reason, .. }) => {
                 assert!(reason.contains("must be shorter"), "{reason}")
