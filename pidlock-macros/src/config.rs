@@ -6,7 +6,7 @@ use syn::meta::ParseNestedMeta;
 use syn::parse::Parser;
 use syn::{Expr, ExprLit, Lit, LitInt, LitStr};
 
-const KEYS: &[&str] = &[
+pub(crate) const KEYS: &[&str] = &[
     "path",
     "url",
     "key",

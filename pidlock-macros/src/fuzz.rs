@@ -9,66 +9,12 @@ use std::str::FromStr;
 use proc_macro2::TokenStream;
 use proptest::prelude::*;
 
+use crate::config::KEYS;
 use crate::expand::single_instance;
 
-const ARG_ATOMS: &[&str] = &[
-    "path",
-    "env",
-    "on_conflict",
-    "timeout",
-    "exit_code",
-    "signals",
-    "hint",
-    "crate",
-    "url",
-    "key",
-    "pth",
-    "=",
-    "=",
-    ",",
-    ",",
-    "\"data/bot.pid\"",
-    "\"\"",
-    "\"exit\"",
-    "\"wait\"",
-    "\"takeover\"",
-    "\"500ms\"",
-    "\"5 s\"",
-    "\"auto\"",
-    "\"none\"",
-    "\"pidlock_core\"",
-    "\"not a path!\"",
-    "0",
-    "1",
-    "255",
-    "256",
-    "-1",
-    "1.5",
-    "1u8",
-    "true",
-    "b\"x\"",
-    "'c'",
-    "r#\"raw\"#",
-    "::",
-    "std",
-    "env",
-    "var",
-    "(",
-    ")",
-    "[",
-    "]",
-    "{",
-    "}",
-    "()",
-    "[]",
-    "{}",
-    ".",
-    "join",
-    "&",
-    "#",
-    "!",
-    "?",
-    "-",
+/// Tokens that are neither keys nor values, for the noise inputs.
+const PUNCTUATION: &[&str] = &[
+    "=", ",", "(", ")", "[", "]", "{", "}", "()", "::", ".", "&", "#", "!", "?", "-", "std", "join",
 ];
 
 const ITEM_ATOMS: &[&str] = &[
@@ -138,21 +84,8 @@ fn item() -> impl Strategy<Value = String> {
     prop_oneof![3 => function, 1 => noise]
 }
 
-const KEYS: &[&str] = &[
-    "path",
-    "env",
-    "on_conflict",
-    "timeout",
-    "exit_code",
-    "signals",
-    "hint",
-    "crate",
-    "url",
-    "key",
-    "pth",
-    "sigals",
-    "std::path",
-];
+/// Misspelt and foreign keys, besides the real ones (`config::KEYS`).
+const OTHER_KEYS: &[&str] = &["pth", "sigals", "lockfile", "std::path"];
 
 const VALUES: &[&str] = &[
     "\"data/bot.pid\"",
@@ -188,8 +121,15 @@ const VALUES: &[&str] = &[
 /// Mostly `key = value` lists (so every setter and check is reached), with
 /// some plain noise.
 fn args() -> impl Strategy<Value = String> {
+    let keys: Vec<&str> = KEYS.iter().chain(OTHER_KEYS).copied().collect();
+    let atoms: Vec<&str> = keys
+        .iter()
+        .chain(VALUES)
+        .chain(PUNCTUATION)
+        .copied()
+        .collect();
     let pair = (
-        prop::sample::select(KEYS),
+        prop::sample::select(keys),
         prop::sample::select(VALUES),
         prop::bool::weighted(0.9),
     )
@@ -201,8 +141,8 @@ fn args() -> impl Strategy<Value = String> {
             }
         });
     let pairs = prop::collection::vec(pair, 0..5).prop_map(|pairs| pairs.join(", "));
-    let noise = prop::collection::vec(prop::sample::select(ARG_ATOMS), 0..14)
-        .prop_map(|atoms| atoms.join(" "));
+    let noise =
+        prop::collection::vec(prop::sample::select(atoms), 0..14).prop_map(|atoms| atoms.join(" "));
     prop_oneof![3 => pairs, 1 => noise]
 }
 
