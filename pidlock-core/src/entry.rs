@@ -2,7 +2,6 @@
 //! emits a builder call into [`crate::__private`], and everything that runs at
 //! run time lives here, testable without the macro.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -156,11 +155,6 @@ impl Entry {
 
     #[cfg(feature = "postgres")]
     fn remote(&self, url: &str) -> Result<Box<dyn Held>> {
-        if self.signals == Signals::Auto {
-            // A holder that loses the lock raises SIGTERM on itself: with no
-            // handler of the program's own, the default action must end it.
-            crate::signals::install();
-        }
         let key = self.remote_key.as_deref().unwrap_or(self.name);
         let remote = crate::postgres::PgLock::new(url, key).on_conflict(self.on_conflict);
         Backend::acquire(&remote)
@@ -194,7 +188,7 @@ impl Entry {
         Ok(match &self.path {
             Some(path) if path.as_os_str().is_empty() => {
                 return Err(Error::InvalidPath {
-                    path: PathBuf::from(OsString::new()),
+                    path: PathBuf::new(),
                     reason: "it is empty",
                 });
             }
