@@ -1,20 +1,18 @@
 //! Operations on another process's lock, for scripts and the `pidlock` CLI
 //! (SPEC §9): stop the holder, wait until the lock is free.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
-use nix::sys::stat::{Mode, fstat};
+use nix::sys::stat::FileStat;
 
 use crate::error::{Error, Holder, Result};
-use crate::lockfile::{Identity, retry_eintr, unsafe_kind};
+use crate::lockfile::{Identity, read_contents};
 use crate::pid::{Contents, Pid};
 use crate::policy::{AFTER_SIGKILL, signal_verified};
-use crate::status::kernel_lock_holder;
+use crate::status::{kernel_lock_holder, open_existing};
 use crate::waiting::{self, Waited};
 
 /// How [`stop`] ended.
@@ -54,16 +52,17 @@ pub enum Stopped {
 /// [`Error::Io`] as for [`status`](crate::status).
 pub fn stop(path: impl AsRef<Path>, timeout: Duration, kill: bool) -> Result<Stopped> {
     let path = path.as_ref();
-    let Some((file, identity)) = open_existing(path)? else {
+    let Some((file, stat)) = open_existing(path)? else {
         return Ok(Stopped::NotRunning);
     };
+    let identity = Identity::of(&stat);
     let pid = match kernel_lock_holder(identity) {
         Some(Some(pid)) => pid,
         Some(None) => return Ok(Stopped::NotRunning),
         None => {
             return Err(Error::HolderUnverified {
                 path: path.to_owned(),
-                holder: claimed_holder(&file),
+                holder: claimed_holder(&file, &stat, path),
             });
         }
     };
@@ -78,9 +77,10 @@ pub fn stop(path: impl AsRef<Path>, timeout: Duration, kill: bool) -> Result<Sto
             Waited::TimedOut if !kill => return Ok(Stopped::StillRunning(pid)),
             Waited::TimedOut => open_existing(path)?,
         };
-    let Some((file, identity)) = file else {
+    let Some((file, stat)) = file else {
         return Ok(Stopped::Exited(pid));
     };
+    let identity = Identity::of(&stat);
     if !signal_verified(pid, identity, Signal::SIGKILL).map_err(signal_error)? {
         return Ok(Stopped::Exited(pid));
     }
@@ -127,30 +127,9 @@ pub fn wait_until_free(path: impl AsRef<Path>, timeout: Option<Duration>) -> Res
     }
 }
 
-/// Opens an existing PID file read-only; `None` if there is none.
-fn open_existing(path: &Path) -> Result<Option<(OwnedFd, Identity)>> {
-    let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
-    let file = match retry_eintr(|| nix::fcntl::open(path, flags, Mode::empty())) {
-        Ok(file) => file,
-        Err(Errno::ENOENT) => return Ok(None),
-        Err(errno) => return Err(Error::io(path, "open", errno)),
-    };
-    let stat = fstat(&file).map_err(|errno| Error::io(path, "inspect", errno))?;
-    if let Some(kind) = unsafe_kind(&stat) {
-        return Err(Error::UnsafePath {
-            path: path.to_owned(),
-            kind,
-        });
-    }
-    Ok(Some((file, Identity::of(&stat))))
-}
-
-fn claimed_holder(file: &OwnedFd) -> Holder {
-    use std::os::fd::AsFd;
-    let Ok(stat) = fstat(file) else {
-        return Holder::Unknown;
-    };
-    match crate::lockfile::read_contents(file.as_fd(), &stat, Path::new("")) {
+/// What the file claims, for an error that cannot ask the kernel.
+fn claimed_holder(file: &OwnedFd, stat: &FileStat, path: &Path) -> Holder {
+    match read_contents(file.as_fd(), stat, path) {
         Ok(Contents::Pid(pid)) => Holder::File(pid),
         _ => Holder::Unknown,
     }

@@ -1,11 +1,11 @@
 //! Who holds a PID file, asked from outside without disturbing the holder.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::sys::stat::{Mode, fstat, lstat};
+use nix::sys::stat::{FileStat, Mode, fstat, lstat};
 
 use crate::error::{Error, Holder, Result};
 use crate::lockfile::{self, Identity, retry_eintr};
@@ -52,10 +52,37 @@ pub enum Status {
 /// cannot be opened or read.
 pub fn status(path: impl AsRef<Path>) -> Result<Status> {
     let path = path.as_ref();
+    let Some((file, stat)) = open_existing(path)? else {
+        return Ok(Status::NotRunning);
+    };
+    let file_pid = match lockfile::read_contents(file.as_fd(), &stat, path)? {
+        Contents::Pid(pid) => Some(pid),
+        Contents::Corrupted(_) => None,
+    };
+    if let Some(kernel) = kernel_lock_holder(Identity::of(&stat)) {
+        return Ok(match kernel {
+            Some(pid) => Status::Running(Holder::Kernel(pid)),
+            None => Status::Stale { pid: file_pid },
+        });
+    }
+    match lockfile::flock(file.as_fd(), nix::libc::LOCK_SH | nix::libc::LOCK_NB) {
+        Err(Errno::EWOULDBLOCK) => Ok(Status::Running(
+            file_pid.map_or(Holder::Unknown, Holder::File),
+        )),
+        Err(errno) => Err(Error::io(path, "probe the lock on", errno)),
+        // Our probe lock goes away when `file` closes on return.
+        Ok(()) => Ok(Status::Stale { pid: file_pid }),
+    }
+}
+
+/// Opens an existing PID file read-only, for looking at it from outside;
+/// `None` if there is none. Anything but a regular file is refused, named
+/// by what it is.
+pub(crate) fn open_existing(path: &Path) -> Result<Option<(OwnedFd, FileStat)>> {
     let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
     let file = match retry_eintr(|| nix::fcntl::open(path, flags, Mode::empty())) {
         Ok(file) => file,
-        Err(Errno::ENOENT) => return Ok(Status::NotRunning),
+        Err(Errno::ENOENT) => return Ok(None),
         Err(errno) => {
             return Err(
                 match lstat(path).ok().and_then(|st| lockfile::unsafe_kind(&st)) {
@@ -75,24 +102,7 @@ pub fn status(path: impl AsRef<Path>) -> Result<Status> {
             kind,
         });
     }
-    let file_pid = match lockfile::read_contents(file.as_fd(), &stat, path)? {
-        Contents::Pid(pid) => Some(pid),
-        Contents::Corrupted(_) => None,
-    };
-    if let Some(kernel) = kernel_lock_holder(Identity::of(&stat)) {
-        return Ok(match kernel {
-            Some(pid) => Status::Running(Holder::Kernel(pid)),
-            None => Status::Stale { pid: file_pid },
-        });
-    }
-    match lockfile::flock(file.as_fd(), nix::libc::LOCK_SH | nix::libc::LOCK_NB) {
-        Err(Errno::EWOULDBLOCK) => Ok(Status::Running(
-            file_pid.map_or(Holder::Unknown, Holder::File),
-        )),
-        Err(errno) => Err(Error::io(path, "probe the lock on", errno)),
-        // Our probe lock goes away when `file` closes on return.
-        Ok(()) => Ok(Status::Stale { pid: file_pid }),
-    }
+    Ok(Some((file, stat)))
 }
 
 /// The process holding a `flock` on this inode, per the kernel: `Some(None)`
