@@ -121,7 +121,7 @@ pub(crate) fn kernel_lock_holder(_identity: Identity) -> Option<Option<Pid>> {
 /// Finds the FLOCK holder of `identity` in `/proc/locks`, whose lines read
 /// `1: FLOCK  ADVISORY  WRITE 5152 fe:00:10010769 0 EOF` (device as hex
 /// major:minor, then the inode). Lines with `->` are waiters, not holders.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+#[cfg(target_os = "linux")]
 fn parse_proc_locks(table: &str, identity: Identity) -> Option<Pid> {
     let wanted = identity.proc_locks_key();
     table.lines().find_map(|line| {
@@ -139,6 +139,7 @@ fn parse_proc_locks(table: &str, identity: Identity) -> Option<Pid> {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn proc_locks_lines_are_matched_by_device_and_inode() {
         // Device 0xfe00 is major 0xfe, minor 0 (how /dev/vda reads on Linux).
