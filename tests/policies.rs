@@ -277,9 +277,10 @@ fn restart_keeps_the_lock_and_the_pid_across_twenty_execs() {
     assert_eq!(read(&case.pid_file), format!("{pid}\n"));
     assert_eq!(
         pidlock_core::status(&case.pid_file).unwrap(),
-        Status::Running(pidlock_core::Holder::Kernel(
-            pidlock_core::Pid::new(pid as i32).unwrap()
-        ))
+        Status::Running(pidlock_core::Holder::Kernel {
+            pid: pidlock_core::Pid::new(pid as i32).unwrap(),
+            others: Vec::new()
+        })
     );
     eprintln!("{attempts} contender attempts during {RESTARTS} restarts, all refused");
 }

@@ -98,8 +98,10 @@ impl Command {
         match self {
             Self::Status(path) => match crate::status(&path) {
                 Ok(Status::Running(holder)) => {
-                    println!("{}: running ({})", path.display(), describe_holder(holder));
-                    if let Some(pid) = holder.pid() {
+                    println!("{}: running ({})", path.display(), describe_holder(&holder));
+                    if holder.is_verified()
+                        && let Some(pid) = holder.pid()
+                    {
                         print_process(pid);
                     }
                     RUNNING
@@ -176,11 +178,22 @@ fn fail(error: &crate::Error) -> u8 {
     ERROR
 }
 
-fn describe_holder(holder: Holder) -> String {
+fn describe_holder(holder: &Holder) -> String {
     match holder {
-        Holder::Kernel(pid) => format!("PID {pid}, per the kernel's lock table"),
-        Holder::File(pid) => format!("PID {pid}, per the PID file"),
-        Holder::Unknown => "PID unknown".to_owned(),
+        Holder::Kernel { pid, others } if others.is_empty() => {
+            format!("PID {pid}, verified with the kernel")
+        }
+        Holder::Kernel { pid, others } => {
+            let others: Vec<String> = others.iter().map(Pid::to_string).collect();
+            format!(
+                "PID {pid}, verified with the kernel; sharing its lock: PID {}",
+                others.join(", ")
+            )
+        }
+        Holder::File(pid) => format!(
+            "PID unknown: no process here can be verified as the holder; the PID file says {pid}"
+        ),
+        Holder::Unknown => "PID unknown: no process here can be verified as the holder".to_owned(),
     }
 }
 

@@ -13,37 +13,76 @@ use crate::pid::Pid;
 ///
 /// let holder = Holder::File(Pid::new(4242).unwrap());
 /// assert_eq!(holder.pid().map(Pid::get), Some(4242));
+/// assert!(!holder.is_verified());
 /// assert_eq!(Holder::Unknown.pid(), None);
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Holder {
-    /// The kernel's lock table names this process as the lock owner.
-    Kernel(Pid),
-    /// The lock is held, and the PID file says this process holds it. The file
-    /// is written by the holder right after it locks, so this is reliable for a
-    /// well-behaved holder, but it is not proof: only [`Holder::Kernel`] is.
+    /// Verified with the kernel: process `pid` (as this process's PID
+    /// namespace numbers it) has the open file description that holds the
+    /// lock. Linux only (`/proc/<pid>/fdinfo`).
+    Kernel {
+        /// The holder: the one the PID file names when it is among the
+        /// verified processes, else the lowest PID of them.
+        pid: Pid,
+        /// Other processes that share the same lock, like a daemon's
+        /// forked workers, in ascending order.
+        others: Vec<Pid>,
+    },
+    /// The lock is held, but no visible process could be verified as its
+    /// holder (another user's process, another PID namespace, or a system
+    /// without a way to ask); the PID file names this PID. It is not proof,
+    /// and never signalled.
     File(Pid),
-    /// The lock is held but the file did not name a PID (the holder had not
-    /// written it yet, or wrote something else).
+    /// The lock is held, by a process that could not be verified, and the
+    /// file does not name a PID (the holder had not written it yet, or wrote
+    /// something else).
     Unknown,
 }
 
 impl Holder {
-    /// The holder's PID, when known.
+    /// The holder's PID, when known (verified or not: see
+    /// [`is_verified`](Self::is_verified)).
     #[must_use]
-    pub fn pid(self) -> Option<Pid> {
+    pub fn pid(&self) -> Option<Pid> {
         match self {
-            Self::Kernel(pid) | Self::File(pid) => Some(pid),
+            Self::Kernel { pid, .. } | Self::File(pid) => Some(*pid),
             Self::Unknown => None,
+        }
+    }
+
+    /// Whether the kernel confirmed the holder: only then is its PID ever
+    /// signalled or offered to `kill`.
+    #[must_use]
+    pub fn is_verified(&self) -> bool {
+        matches!(self, Self::Kernel { .. })
+    }
+
+    /// Every verified process holding the lock, the holder first.
+    #[must_use]
+    pub fn verified_pids(&self) -> Vec<Pid> {
+        match self {
+            Self::Kernel { pid, others } => std::iter::once(*pid)
+                .chain(others.iter().copied())
+                .collect(),
+            Self::File(_) | Self::Unknown => Vec::new(),
         }
     }
 }
 
 impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.pid() {
-            Some(pid) => write!(f, "PID: {pid}"),
-            None => f.write_str("PID unknown"),
+        match self {
+            Self::Kernel { pid, others } => {
+                write!(f, "PID: {pid}")?;
+                if !others.is_empty() {
+                    let others: Vec<String> = others.iter().map(Pid::to_string).collect();
+                    write!(f, "; its lock is shared with PID {}", others.join(", "))?;
+                }
+                Ok(())
+            }
+            Self::File(pid) => write!(f, "PID unknown; the PID file says {pid}"),
+            Self::Unknown => f.write_str("PID unknown"),
         }
     }
 }
@@ -100,14 +139,15 @@ pub enum Error {
         /// How long we waited.
         waited: std::time::Duration,
     },
-    /// [`OnConflict::Takeover`](crate::OnConflict::Takeover) refused to
-    /// signal anyone: the kernel cannot confirm which process holds the lock
-    /// (not Linux, no `/proc`, or the holder is in another PID namespace), and
-    /// a PID read from the file alone is never signalled.
+    /// [`OnConflict::Takeover`](crate::OnConflict::Takeover) or
+    /// [`stop`](crate::stop) refused to signal anyone: no process could be
+    /// verified as the holder (not Linux, another user's process, or one in
+    /// another PID namespace), and a PID read from the file alone is never
+    /// signalled.
     HolderUnverified {
         /// The PID file.
         path: PathBuf,
-        /// What the file claims.
+        /// What is known: what the file claims, if anything.
         holder: Holder,
     },
     /// Another process holds the PostgreSQL lock (the `postgres` feature).
@@ -129,6 +169,20 @@ pub enum Error {
     },
     /// This very process already holds a lock on this file (acquired twice).
     HeldByThisProcess {
+        /// The PID file.
+        path: PathBuf,
+    },
+    /// [`daemonized`](crate::daemonized): the process that owned the lock is
+    /// still running, so this one cannot take it over.
+    PreviousOwnerRunning {
+        /// The PID file.
+        path: PathBuf,
+        /// The owner that did not exit.
+        pid: Pid,
+    },
+    /// [`daemonized`](crate::daemonized): the lock was released (and its
+    /// file removed) before this process could take it over.
+    LockLost {
         /// The PID file.
         path: PathBuf,
     },
@@ -199,7 +253,7 @@ impl fmt::Display for Error {
             ),
             Self::HolderUnverified { path, holder } => write!(
                 f,
-                "not taking over {}: the kernel cannot confirm which process holds it (the file says {holder}), and a PID from the file alone is never signalled",
+                "not signalling the holder of {}: no process could be verified as holding its lock ({holder}); a PID from the file alone is never signalled",
                 path.display()
             ),
             Self::RemoteHeld { key, host, pid } => {
@@ -219,6 +273,16 @@ impl fmt::Display for Error {
             Self::HeldByThisProcess { path } => write!(
                 f,
                 "{} is already held by this process (acquired twice)",
+                path.display()
+            ),
+            Self::PreviousOwnerRunning { path, pid } => write!(
+                f,
+                "cannot take over {}: PID {pid}, which owns it, is still running; call daemonized() in the child that carries on after its parent has exited",
+                path.display()
+            ),
+            Self::LockLost { path } => write!(
+                f,
+                "cannot take over {}: the lock was released before this process took it over (a parent that returns from main or calls exit removes its file; leave the parent with _exit, as daemon(3) does)",
                 path.display()
             ),
             Self::UnsafePath { path, kind } => write!(

@@ -16,13 +16,24 @@
 //! another thread never follows a dangling pointer. A process holding more
 //! than [`SLOTS`] locks at once still locks correctly; the extra guards are
 //! just not covered on these two exit paths.
+//!
+//! # Ownership (SPEC §10)
+//!
+//! Each registration names its owner: the process that acquired the lock. A
+//! child made by `fork()` without `exec` inherits the table (and shares the
+//! kernel lock) but is not the owner, so none of its exit paths removes the
+//! file or announces a release: the parent still holds the lock and its file
+//! must keep naming it. [`crate::daemonized`] moves ownership to the child
+//! that carries on after its parent exited. The owner is a shared atomic cell,
+//! read with `getpid()` (async-signal-safe) wherever a file would be removed.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::ptr;
-use std::sync::Once;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
 
 use crate::lockfile::{Identity, unlink_if_ours};
 use crate::messages::RELEASE_LINES;
@@ -35,9 +46,47 @@ struct Registration {
     file: RawFd,
     name: CString,
     identity: Identity,
+    owner: Arc<Owner>,
     /// For reports (never read in signal context).
     path: PathBuf,
 }
+
+/// The PID of the process that owns a lock: the one that acquired it, or the
+/// child that took it over with [`crate::daemonized`]. Shared by the guard and
+/// its registration.
+#[derive(Debug)]
+pub(crate) struct Owner(AtomicI32);
+
+impl Owner {
+    /// Owned by the calling process.
+    pub(crate) fn current() -> Arc<Self> {
+        Arc::new(Self(AtomicI32::new(current_pid())))
+    }
+
+    /// Whether the calling process is the owner. Async-signal-safe.
+    pub(crate) fn is_current(&self) -> bool {
+        self.0.load(SeqCst) == current_pid()
+    }
+
+    pub(crate) fn pid(&self) -> i32 {
+        self.0.load(SeqCst)
+    }
+
+    pub(crate) fn set_current(&self) {
+        self.0.store(current_pid(), SeqCst);
+    }
+}
+
+/// `getpid()`, async-signal-safe; never cached, so a forked child sees its own.
+fn current_pid() -> i32 {
+    nix::unistd::getpid().as_raw()
+}
+
+/// How long [`unregister`] waits for readers before it leaks the registration
+/// instead of freeing it. Readers run a handful of system calls; a count that
+/// stays up is one inherited by a `fork()` child from a thread that was
+/// reading at that moment and no longer exists in the child.
+const READERS_PATIENCE: Duration = Duration::from_millis(100);
 
 static HELD: [AtomicPtr<Registration>; SLOTS] = [const { AtomicPtr::new(ptr::null_mut()) }; SLOTS];
 static READERS: AtomicUsize = AtomicUsize::new(0);
@@ -52,6 +101,7 @@ pub(crate) fn register(
     file: RawFd,
     name: &CStr,
     identity: Identity,
+    owner: &Arc<Owner>,
     path: &Path,
 ) -> Ticket {
     static AT_EXIT: Once = Once::new();
@@ -66,6 +116,7 @@ pub(crate) fn register(
         file,
         name: name.to_owned(),
         identity,
+        owner: Arc::clone(owner),
         path: path.to_owned(),
     }));
     for (index, slot) in HELD.iter().enumerate() {
@@ -89,9 +140,15 @@ pub(crate) fn unregister(ticket: &mut Ticket) {
     let registration = HELD[index].swap(ptr::null_mut(), SeqCst);
     // A reader that loaded the pointer before the swap incremented READERS
     // before loading it; wait until it is done. Readers run a handful of
-    // system calls and never block, so this wait is short and bounded.
+    // system calls and never block, so this wait is short; if the count does
+    // not drop it was inherited across `fork()` from a thread that is gone,
+    // and leaking one small allocation is the safe answer.
+    let started = Instant::now();
     while READERS.load(SeqCst) != 0 {
-        std::hint::spin_loop();
+        if started.elapsed() > READERS_PATIENCE {
+            return;
+        }
+        std::thread::yield_now();
     }
     if !registration.is_null() {
         // SAFETY: it left the table above and no reader still holds it.
@@ -99,40 +156,62 @@ pub(crate) fn unregister(ticket: &mut Ticket) {
     }
 }
 
-/// Whether a guard in this process holds the file with this identity.
+/// Whether a guard in this process holds the file with this identity (owned
+/// or inherited across `fork()`: either way this process's records say it
+/// has the locked descriptor).
 pub(crate) fn is_held(identity: Identity) -> bool {
     with_registrations(|registration| registration.identity == identity)
 }
 
-/// The locked descriptors of every registered file (normal context only: it
-/// allocates).
-pub(crate) fn held_files() -> Vec<(RawFd, Identity)> {
+/// A registered lock as normal (non-signal) code sees it.
+pub(crate) struct HeldLock {
+    pub(crate) dir: RawFd,
+    pub(crate) file: RawFd,
+    pub(crate) name: CString,
+    pub(crate) identity: Identity,
+    pub(crate) owner: Arc<Owner>,
+    pub(crate) path: PathBuf,
+}
+
+/// Every registered lock, owned or inherited (normal context only: it
+/// allocates). The descriptors stay open while their guards live.
+pub(crate) fn held() -> Vec<HeldLock> {
     let mut held = Vec::new();
     with_registrations(|registration| {
-        held.push((registration.file, registration.identity));
+        held.push(HeldLock {
+            dir: registration.dir,
+            file: registration.file,
+            name: registration.name.clone(),
+            identity: registration.identity,
+            owner: Arc::clone(&registration.owner),
+            path: registration.path.clone(),
+        });
         false
     });
     held
 }
 
-/// The paths of the files this process holds locks on (normal context only).
+/// The paths of the PID files this process owns (normal context only).
 pub(crate) fn held_paths() -> Vec<PathBuf> {
-    let mut held = Vec::new();
-    with_registrations(|registration| {
-        held.push(registration.path.clone());
-        false
-    });
-    held
+    held()
+        .into_iter()
+        .filter(|held| held.owner.is_current())
+        .map(|held| held.path)
+        .collect()
 }
 
-/// Removes every registered file that its path still names; returns whether
-/// any was removed.
+/// Removes every file this process owns that its path still names; returns
+/// whether any was removed. Inherited locks (a `fork()` child's) are left
+/// alone.
 ///
-/// Async-signal-safe: atomics, then `fstatat` and `unlinkat` on a name that is
-/// already a C string.
+/// Async-signal-safe: atomics and `getpid`, then `fstatat` and `unlinkat` on
+/// a name that is already a C string.
 pub(crate) fn remove_held_files() -> bool {
     let mut removed = false;
     with_registrations(|registration| {
+        if !registration.owner.is_current() {
+            return false;
+        }
         // SAFETY: the guard keeps `dir` open until after it unregisters.
         let dir = unsafe { BorrowedFd::borrow_raw(registration.dir) };
         removed |= unlink_if_ours(dir, &registration.name, registration.identity) == Ok(true);

@@ -59,9 +59,11 @@ pub mod __cli {
     pub use crate::cli::main;
 }
 mod cli;
+mod daemon;
 mod entry;
 mod error;
 mod exit_cleanup;
+mod holders;
 mod lockfile;
 mod messages;
 mod ops;
@@ -69,15 +71,17 @@ mod pid;
 mod policy;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod process;
 mod restart;
 mod signals;
 mod status;
 mod telegram;
 mod waiting;
 
+pub use daemon::daemonized;
 pub use entry::default_path;
 pub use error::{Error, FileKind, Holder, Result};
-pub use lockfile::{PidFileGuard, PidLock};
+pub use lockfile::{PidFileGuard, PidLock, held_pid_files};
 pub use ops::{Stopped, stop, wait_until_free};
 pub use pid::Pid;
 pub use pidlock_macros::single_instance;

@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -19,8 +20,9 @@ use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat};
 use nix::unistd::{UnlinkatFlags, ftruncate, unlinkat};
 
 use crate::backend::{Backend, Held};
-use crate::error::{Error, FileKind, Holder, Result};
-use crate::exit_cleanup;
+use crate::error::{Error, FileKind, Result};
+use crate::exit_cleanup::{self, Owner};
+use crate::holders;
 use crate::messages;
 use crate::pid::{self, Contents, Pid};
 use crate::policy::{Next, OnConflict, Resolver};
@@ -32,11 +34,12 @@ use crate::signals::{self, Signals};
 /// and our lock, which a normal restart does at most once or twice.
 const OPEN_ATTEMPTS: usize = 16;
 
-/// A holder that has locked but not yet written its PID leaves the file empty
-/// for a moment; read again this many times, this far apart, before calling
-/// the PID unknown (FreeBSD's `pidfile_open` waits the same 100 ms in all).
-const EMPTY_READ_ATTEMPTS: u32 = 20;
-const EMPTY_READ_PAUSE: Duration = Duration::from_millis(5);
+/// A busy lock whose holder cannot be verified is tried again this many
+/// times, this far apart, before it is reported: an observer's probe lasts
+/// microseconds, and a holder that has locked but not written its PID yet
+/// has written it by then (FreeBSD's `pidfile_open` waits the same 100 ms).
+const UNVERIFIED_ATTEMPTS: u32 = 20;
+const UNVERIFIED_PAUSE: Duration = Duration::from_millis(5);
 
 /// The one-host lock: a PID file held with `flock(2)`.
 ///
@@ -160,7 +163,7 @@ impl PidLock {
         if let Some(adopted) = restart::adopt(dir.as_fd(), &name) {
             let mut guard = PidFileGuard::new(path, dir, name, adopted);
             if !self.quiet {
-                messages::kept_across_restart(guard.pid);
+                messages::kept_across_restart(guard.pid());
                 guard.announce = true;
             }
             return Ok(guard);
@@ -180,7 +183,7 @@ impl PidLock {
                 Some(Contents::Corrupted(quote)) => messages::corrupted(&guard.path, &quote),
                 None => {}
             }
-            messages::acquired(guard.pid);
+            messages::acquired(guard.pid());
             guard.announce = true;
         }
         Ok(guard)
@@ -195,11 +198,18 @@ impl Backend for PidLock {
 
 /// A held PID-file lock. Dropping it (or [`release`](Self::release)) removes
 /// the file if it is still ours, then closes it, which drops the kernel lock.
+///
+/// The process that acquired the lock owns it. A child made by `fork()`
+/// without `exec` has a copy of the guard and shares the kernel lock, but is
+/// not the owner: dropping its copy, returning from `main`, `exit` or a
+/// signal in the child only closes the child's descriptor, and the file keeps
+/// naming the parent. A child that carries on after its parent exits (a
+/// daemon) takes the lock over with [`daemonized`](crate::daemonized).
 #[derive(Debug)]
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct PidFileGuard {
     path: PathBuf,
-    pid: Pid,
+    owner: Arc<Owner>,
     dir: OwnedFd,
     name: CString,
     /// `None` once released.
@@ -214,16 +224,18 @@ pub struct PidFileGuard {
 impl PidFileGuard {
     fn new(path: PathBuf, dir: OwnedFd, name: CString, locked: Locked) -> Self {
         let identity = Identity::of(&locked.stat);
+        let owner = Owner::current();
         let cleanup = exit_cleanup::register(
             dir.as_raw_fd(),
             locked.file.as_raw_fd(),
             &name,
             identity,
+            &owner,
             &path,
         );
         Self {
             path,
-            pid: Pid::current(),
+            owner,
             dir,
             name,
             file: Some(locked.file),
@@ -240,14 +252,27 @@ impl PidFileGuard {
         &self.path
     }
 
-    /// The PID written into the file: this process's.
+    /// The PID written into the file: the owner's (this process's, unless
+    /// this is a `fork()` child that has not called
+    /// [`daemonized`](crate::daemonized)).
     #[must_use]
     pub fn pid(&self) -> Pid {
-        self.pid
+        Pid::new(self.owner.pid()).unwrap_or_else(Pid::current)
+    }
+
+    /// Whether this process owns the lock (it acquired it, or took it over
+    /// with [`daemonized`](crate::daemonized)); false in a `fork()` child.
+    #[must_use]
+    pub fn is_owner(&self) -> bool {
+        self.owner.is_current()
     }
 
     /// Releases now, reporting a failure to remove the file. Dropping the guard
     /// does the same and ignores that failure. Releasing again is a no-op.
+    ///
+    /// In a process that does not own the lock (a `fork()` child), releasing
+    /// only closes this process's descriptor: the file stays, and the owner
+    /// keeps the kernel lock.
     ///
     /// # Errors
     ///
@@ -257,38 +282,23 @@ impl PidFileGuard {
         self.release_now()
     }
 
-    /// Writes `"<pid>\n"` at offset 0, then truncates to that length, never to
-    /// zero first: truncating to zero and rewriting makes ext4 flush the file
-    /// on close (its `auto_da_alloc` heuristic), a disk write per start.
     fn write_pid(&mut self) -> Result<()> {
-        let mut buf = [0; 12];
-        let text = pid::render(self.pid, &mut buf);
         let Some(file) = &self.file else {
             return Ok(());
         };
-        match retry_eintr(|| nix::sys::uio::pwrite(file, text, 0)) {
-            Ok(n) if n == text.len() => {}
-            Ok(_) => {
-                return Err(Error::Io {
-                    path: self.path.clone(),
-                    action: "write the PID into",
-                    source: io::Error::new(io::ErrorKind::WriteZero, "short write"),
-                });
-            }
-            Err(errno) => return Err(Error::io(&self.path, "write the PID into", errno)),
-        }
-        let len = text.len() as i64;
-        if self.size_when_locked > len {
-            retry_eintr(|| ftruncate(file, len))
-                .map_err(|errno| Error::io(&self.path, "truncate", errno))?;
-        }
-        Ok(())
+        write_pid(file.as_fd(), self.pid(), self.size_when_locked, &self.path)
     }
 
     fn release_now(&mut self) -> Result<()> {
         let Some(file) = self.file.take() else {
             return Ok(());
         };
+        if !self.owner.is_current() {
+            // A fork child's copy: the file and the lock are the owner's.
+            exit_cleanup::unregister(&mut self.cleanup);
+            drop(file);
+            return Ok(());
+        }
         if self.announce {
             messages::releasing();
         }
@@ -319,6 +329,49 @@ impl Drop for PidFileGuard {
 }
 
 impl Held for PidFileGuard {}
+
+/// The absolute paths of the PID files this process holds and owns right
+/// now, in the order they were locked: what to pass to `pidlock status`.
+///
+/// ```
+/// use pidlock_core::{PidLock, Signals};
+///
+/// let dir = tempfile::tempdir()?;
+/// let guard = PidLock::new(dir.path().join("job.pid")).signals(Signals::None).quiet(true).acquire()?;
+/// assert!(pidlock_core::held_pid_files().contains(&guard.path().to_path_buf()));
+/// drop(guard);
+/// assert!(pidlock_core::held_pid_files().is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use]
+pub fn held_pid_files() -> Vec<PathBuf> {
+    exit_cleanup::held_paths()
+}
+
+/// Writes `"<pid>\n"` at offset 0, then truncates to that length if the file
+/// was longer, never to zero first: truncating to zero and rewriting makes
+/// ext4 flush the file on close (its `auto_da_alloc` heuristic), a disk write
+/// per start, and a reader never sees an empty file.
+pub(crate) fn write_pid(file: BorrowedFd<'_>, pid: Pid, size: i64, path: &Path) -> Result<()> {
+    let mut buf = [0; 12];
+    let text = pid::render(pid, &mut buf);
+    match retry_eintr(|| nix::sys::uio::pwrite(file, text, 0)) {
+        Ok(n) if n == text.len() => {}
+        Ok(_) => {
+            return Err(Error::Io {
+                path: path.to_owned(),
+                action: "write the PID into",
+                source: io::Error::new(io::ErrorKind::WriteZero, "short write"),
+            });
+        }
+        Err(errno) => return Err(Error::io(path, "write the PID into", errno)),
+    }
+    let len = text.len() as i64;
+    if size > len {
+        retry_eintr(|| ftruncate(file, len)).map_err(|errno| Error::io(path, "truncate", errno))?;
+    }
+    Ok(())
+}
 
 /// Which inode a path named when we locked it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -463,18 +516,21 @@ fn lock_file(
         let file =
             match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)) {
                 Ok(()) => file,
-                Err(Errno::EWOULDBLOCK) => {
-                    let conflict = conflict(file.as_fd(), &stat, path);
-                    match resolver.resolve(file, Identity::of(&stat), conflict)? {
-                        Next::Locked(file) => {
-                            // A wait is not a replacement: each hand-over may
-                            // legitimately need one more round.
-                            replaced = 0;
-                            file
+                Err(Errno::EWOULDBLOCK) => match busy(file, &stat, path) {
+                    Busy::Locked(file) => file,
+                    Busy::Held(file, conflict) => {
+                        match resolver.resolve(file, Identity::of(&stat), conflict)? {
+                            Next::Locked(file) => {
+                                // A wait is not a replacement: each hand-over
+                                // may legitimately need one more round. The
+                                // resolver bounds how many it allows.
+                                replaced = 0;
+                                file
+                            }
+                            Next::Retry => continue,
                         }
-                        Next::Retry => continue,
                     }
-                }
+                },
                 Err(errno) => return Err(Error::io(path, "lock", errno)),
             };
         // Between our open and our lock, the previous holder may have removed
@@ -559,45 +615,58 @@ pub(crate) fn unsafe_kind(stat: &FileStat) -> Option<FileKind> {
     })
 }
 
-/// The lock is busy: find out who holds it.
-fn conflict(file: BorrowedFd<'_>, stat: &FileStat, path: &Path) -> Error {
-    let identity = Identity::of(stat);
-    if exit_cleanup::is_held(identity) {
-        return Error::HeldByThisProcess {
-            path: path.to_owned(),
-        };
-    }
-    let holder = read_holder(file, stat, path);
-    if holder.pid() == Some(Pid::current()) {
-        return Error::HeldByThisProcess {
-            path: path.to_owned(),
-        };
-    }
-    Error::AlreadyRunning {
-        path: path.to_owned(),
-        holder,
-    }
+/// What a busy lock turned out to be.
+enum Busy {
+    /// It was only busy for an instant (an observer's probe, or a holder on
+    /// its way out): we hold it now.
+    Locked(OwnedFd),
+    /// Another holder (what [`OnConflict::Exit`] reports), or an error.
+    Held(OwnedFd, Error),
 }
 
-fn read_holder(file: BorrowedFd<'_>, stat: &FileStat, path: &Path) -> Holder {
-    for attempt in 0..EMPTY_READ_ATTEMPTS {
-        let mut probe = *stat;
+/// The lock is busy: find out who holds it. A verified holder is reported at
+/// once. When none can be verified, the lock may be an observer's shared
+/// probe (`status`, `stop`, `wait` hold one for an instant) or a holder out of
+/// our sight (another user, another PID namespace): keep trying the lock for
+/// a moment, then report what the file claims, marked unverified.
+fn busy(file: OwnedFd, stat: &FileStat, path: &Path) -> Busy {
+    let identity = Identity::of(stat);
+    // Only this process's own records say "this process": a PID number in
+    // the file that happens to equal ours may be another namespace's.
+    if exit_cleanup::is_held(identity) {
+        let error = Error::HeldByThisProcess {
+            path: path.to_owned(),
+        };
+        return Busy::Held(file, error);
+    }
+    for attempt in 0..UNVERIFIED_ATTEMPTS {
         if attempt > 0 {
-            std::thread::sleep(EMPTY_READ_PAUSE);
-            match fstat(file) {
-                Ok(now) => probe = now,
-                Err(_) => return Holder::Unknown,
+            std::thread::sleep(UNVERIFIED_PAUSE);
+            match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)) {
+                Ok(()) => return Busy::Locked(file),
+                Err(Errno::EWOULDBLOCK) => {}
+                Err(errno) => return Busy::Held(file, Error::io(path, "lock", errno)),
             }
         }
-        if probe.st_size == 0 {
-            continue;
+        let holders = holders::find(identity);
+        if !holders.exclusive.is_empty() {
+            let holder = holders.describe(file_pid(file.as_fd(), path));
+            let path = path.to_owned();
+            return Busy::Held(file, Error::AlreadyRunning { path, holder });
         }
-        return match read_contents(file, &probe, path) {
-            Ok(Contents::Pid(pid)) => Holder::File(pid),
-            _ => Holder::Unknown,
-        };
     }
-    Holder::Unknown
+    let holder = holders::Holders::default().describe(file_pid(file.as_fd(), path));
+    let path = path.to_owned();
+    Busy::Held(file, Error::AlreadyRunning { path, holder })
+}
+
+/// The PID the file names, if it names one.
+fn file_pid(file: BorrowedFd<'_>, path: &Path) -> Option<Pid> {
+    let stat = fstat(file).ok()?;
+    match read_contents(file, &stat, path) {
+        Ok(Contents::Pid(pid)) => Some(pid),
+        _ => None,
+    }
 }
 
 /// Reads what the file says, at most [`pid::READ_LIMIT`] bytes of it.

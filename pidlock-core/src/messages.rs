@@ -139,7 +139,7 @@ pub(crate) fn duration(duration: Duration) -> String {
     }
 }
 
-pub(crate) fn waiting(holder: Holder, timeout: Option<Duration>) {
+pub(crate) fn waiting(holder: &Holder, timeout: Option<Duration>) {
     let limit = timeout.map_or_else(String::new, |timeout| {
         format!(" (up to {})", duration(timeout))
     });
@@ -169,7 +169,7 @@ pub(crate) fn failure(error: &Error, hint: Option<&str>) -> String {
         Error::AlreadyRunning { path, holder } => conflict(
             &format!("Another instance is already running ({holder})."),
             path,
-            *holder,
+            holder,
         ),
         Error::TimedOut {
             path,
@@ -181,7 +181,7 @@ pub(crate) fn failure(error: &Error, hint: Option<&str>) -> String {
                 duration(*waited)
             ),
             path,
-            *holder,
+            holder,
         ),
         Error::RemoteHeld { host, pid, .. } => {
             let mut text = format!(
@@ -215,18 +215,24 @@ fn sentence(text: &str) -> String {
     })
 }
 
-fn conflict(headline: &str, path: &Path, holder: Holder) -> String {
+fn conflict(headline: &str, path: &Path, holder: &Holder) -> String {
     let mut text = format!("{headline}{INDENT}Only one instance can run at a time.");
-    match holder.pid() {
-        Some(pid) => {
+    match holder {
+        // Only a verified PID is ever offered to `kill`.
+        Holder::Kernel { pid, .. } => {
             text.push_str(INDENT);
             text.push_str("To stop the existing instance:");
             text.push_str(&format!("{INDENT}  kill {pid}"));
         }
-        None => {
+        Holder::File(_) | Holder::Unknown => {
             text.push_str(&format!(
-                "{INDENT}It holds the lock on {} but has not written its PID.{INDENT}To find it:{INDENT}  fuser -v {}",
+                "{INDENT}A process holds the lock on {} but cannot be verified from here{}.{INDENT}To find it:{INDENT}  fuser -v {}",
                 path.display(),
+                if holder.pid().is_some() {
+                    " (another user's, or in another PID namespace such as a container)"
+                } else {
+                    " (it may not have written its PID yet)"
+                },
                 path.display()
             ));
         }
@@ -242,7 +248,10 @@ mod tests {
     fn conflict_report_matches_the_spec_layout() {
         let error = Error::AlreadyRunning {
             path: "data/bot.pid".into(),
-            holder: Holder::File(Pid::new(12345).unwrap()),
+            holder: Holder::Kernel {
+                pid: Pid::new(12345).unwrap(),
+                others: Vec::new(),
+            },
         };
         assert_eq!(
             failure(&error, Some("Or use the /restart command from Telegram.")),
@@ -272,5 +281,22 @@ mod tests {
         assert!(text.starts_with("Another instance is already running (PID unknown)."));
         assert!(text.ends_with("fuser -v /run/bot.pid"));
         assert!(!text.contains("kill"));
+    }
+
+    #[test]
+    fn an_unverified_pid_is_never_offered_to_kill() {
+        let error = Error::AlreadyRunning {
+            path: "/srv/data/bot.pid".into(),
+            holder: Holder::File(Pid::new(1).unwrap()),
+        };
+        let text = failure(&error, None);
+        assert!(
+            text.starts_with(
+                "Another instance is already running (PID unknown; the PID file says 1)."
+            ),
+            "{text}"
+        );
+        assert!(text.contains("another PID namespace"), "{text}");
+        assert!(!text.contains("kill"), "{text}");
     }
 }

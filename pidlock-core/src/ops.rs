@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::stat::FileStat;
 
-use crate::error::{Error, Holder, Result};
+use crate::error::{Error, Result};
+use crate::holders::{self, signal_verified};
 use crate::lockfile::{Identity, read_contents};
 use crate::pid::{Contents, Pid};
-use crate::policy::{AFTER_SIGKILL, signal_verified};
-use crate::status::{kernel_lock_holder, open_existing};
+use crate::policy::AFTER_SIGKILL;
+use crate::status::{open_existing, probe};
 use crate::waiting::{self, Waited};
 
 /// How [`stop`] ended.
@@ -22,16 +23,22 @@ pub enum Stopped {
     NotRunning,
     /// The holder exited after SIGTERM.
     Exited(Pid),
-    /// The holder ignored SIGTERM and was killed.
+    /// The holder ignored SIGTERM and was killed (with every process sharing
+    /// its lock).
     Killed(Pid),
     /// The holder still runs after the timeout (and `kill` was not asked for,
     /// or it survived SIGKILL: stuck in uninterruptible I/O).
     StillRunning(Pid),
 }
 
-/// Sends SIGTERM to the process the kernel names as the holder of the lock at
-/// `path`, then waits up to `timeout` for it to let go; with `kill`, a holder
-/// still there is sent SIGKILL.
+/// Sends SIGTERM to the process verified as the holder of the lock at
+/// `path`, then waits up to `timeout` for the lock to be let go; with `kill`,
+/// every process still holding it is then sent SIGKILL.
+///
+/// The holder is the process that has the locking open file description
+/// open (see [`status`](crate::status)), pinned before it is checked and
+/// signalled through the pin: never a PID read from the file, never a PID
+/// that was reused.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -47,32 +54,35 @@ pub enum Stopped {
 ///
 /// # Errors
 ///
-/// [`Error::HolderUnverified`] where the kernel cannot name the holder (a PID
-/// read from the file alone is never signalled); [`Error::UnsafePath`] and
-/// [`Error::Io`] as for [`status`](crate::status).
+/// [`Error::HolderUnverified`] when the lock is held but no process can be
+/// verified as its holder (another user's, another PID namespace's, or no
+/// `/proc`); [`Error::UnsafePath`] and [`Error::Io`] as for
+/// [`status`](crate::status).
 pub fn stop(path: impl AsRef<Path>, timeout: Duration, kill: bool) -> Result<Stopped> {
     let path = path.as_ref();
     let Some((file, stat)) = open_existing(path)? else {
         return Ok(Stopped::NotRunning);
     };
     let identity = Identity::of(&stat);
-    let pid = match kernel_lock_holder(identity) {
-        Some(Some(pid)) => pid,
-        Some(None) => return Ok(Stopped::NotRunning),
-        None => {
-            return Err(Error::HolderUnverified {
-                path: path.to_owned(),
-                holder: claimed_holder(&file, &stat, path),
-            });
-        }
+    let Some(holders) = probe(&file, identity, path)? else {
+        return Ok(Stopped::NotRunning);
+    };
+    let holder = holders.describe(file_pid(&file, &stat, path));
+    let Some(pid) = holder.pid().filter(|_| holder.is_verified()) else {
+        return Err(Error::HolderUnverified {
+            path: path.to_owned(),
+            holder,
+        });
     };
     let signal_error = |errno| Error::io(path, "signal the holder of", errno);
     if !signal_verified(pid, identity, Signal::SIGTERM).map_err(signal_error)? {
-        return Ok(Stopped::NotRunning);
+        // It let go between our look and our signal.
+        return Ok(Stopped::Exited(pid));
     }
     let wait_error = |errno| Error::io(path, "wait for the holder of", errno);
     let file =
         match waiting::lock_shared(file, Some(Instant::now() + timeout)).map_err(wait_error)? {
+            // The shared lock is held until `_` drops here: an instant.
             Waited::Locked(_) => return Ok(Stopped::Exited(pid)),
             Waited::TimedOut if !kill => return Ok(Stopped::StillRunning(pid)),
             Waited::TimedOut => open_existing(path)?,
@@ -81,7 +91,12 @@ pub fn stop(path: impl AsRef<Path>, timeout: Duration, kill: bool) -> Result<Sto
         return Ok(Stopped::Exited(pid));
     };
     let identity = Identity::of(&stat);
-    if !signal_verified(pid, identity, Signal::SIGKILL).map_err(signal_error)? {
+    // Everyone still holding it: the holder and any worker sharing its lock.
+    let mut sent = false;
+    for holder in holders::find(identity).exclusive {
+        sent |= signal_verified(holder, identity, Signal::SIGKILL).map_err(signal_error)?;
+    }
+    if !sent {
         return Ok(Stopped::Exited(pid));
     }
     Ok(
@@ -97,9 +112,9 @@ pub fn stop(path: impl AsRef<Path>, timeout: Duration, kill: bool) -> Result<Sto
 /// Blocks until nobody holds the lock at `path` (woken by the kernel), or
 /// until `timeout`; true if it is free.
 ///
-/// To see that the lock is free it takes a shared lock for an instant: a
-/// program starting with `on_conflict = "exit"` at that very instant would
-/// be refused. Programs that wait for the lock are not affected.
+/// To see that the lock is free it takes a shared lock for an instant; a
+/// program starting at that very instant sees it for what it is (a shared
+/// lock with no exclusive holder) and tries again instead of being refused.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -127,10 +142,10 @@ pub fn wait_until_free(path: impl AsRef<Path>, timeout: Option<Duration>) -> Res
     }
 }
 
-/// What the file claims, for an error that cannot ask the kernel.
-fn claimed_holder(file: &OwnedFd, stat: &FileStat, path: &Path) -> Holder {
+/// The PID the file names, if any.
+fn file_pid(file: &OwnedFd, stat: &FileStat, path: &Path) -> Option<Pid> {
     match read_contents(file.as_fd(), stat, path) {
-        Ok(Contents::Pid(pid)) => Holder::File(pid),
-        _ => Holder::Unknown,
+        Ok(Contents::Pid(pid)) => Some(pid),
+        _ => None,
     }
 }

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::error::{Error, Holder, Result};
+use crate::holders::signal_verified;
 use crate::lockfile::Identity;
 use crate::messages;
 use crate::pid::Pid;
-use crate::status::kernel_lock_holder;
 use crate::waiting::{self, Waited};
 
 /// How long a holder gets to exit after SIGKILL before takeover gives up:
@@ -42,10 +42,12 @@ pub enum OnConflict {
         /// How long to wait; `None` waits as long as it takes.
         timeout: Option<Duration>,
     },
-    /// Send SIGTERM to the holder, give it `timeout` to exit, then SIGKILL it,
-    /// and take the lock. Only a process the kernel names as the holder of
-    /// this very file is ever signalled (Linux: `/proc/locks`); where the
-    /// kernel cannot say, [`Error::HolderUnverified`] is returned instead.
+    /// Send SIGTERM to the holder, give it `timeout` to exit, then SIGKILL it
+    /// (and every process sharing its lock), and take the lock. Only a
+    /// process verified as holding the lock on this very file is ever
+    /// signalled (Linux: its open descriptors, `/proc/<pid>/fdinfo`); where
+    /// none can be verified, [`Error::HolderUnverified`] is returned instead.
+    /// The whole takeover returns within `timeout` plus a fixed bound.
     Takeover {
         /// Grace period between SIGTERM and SIGKILL.
         timeout: Duration,
@@ -57,6 +59,16 @@ impl OnConflict {
     pub const DEFAULT_TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
+/// How long a takeover may run past its grace period and [`AFTER_SIGKILL`]
+/// before it gives up, whatever the holder does: room for the hand-over
+/// after the holder dies, on a loaded machine.
+const TAKEOVER_SLACK: Duration = Duration::from_secs(5);
+
+/// How long to wait on the lock before looking again when the holder we
+/// meant to signal let go just before the signal: the lock is on its way to
+/// being free, and looking again at once would spin.
+const RECHECK_AFTER: Duration = Duration::from_millis(20);
+
 /// Carries a policy's progress across the retries of one acquisition.
 pub(crate) struct Resolver<'a> {
     policy: OnConflict,
@@ -64,8 +76,15 @@ pub(crate) struct Resolver<'a> {
     quiet: bool,
     started: Instant,
     announced: bool,
-    /// The holder we signalled, with what and when.
-    signalled: Option<(Pid, Signal, Instant)>,
+    /// The holders we signalled (the whole instance: every process sharing
+    /// its lock), with what and when.
+    signalled: Option<Signalled>,
+}
+
+struct Signalled {
+    instance: Vec<Pid>,
+    signal: Signal,
+    at: Instant,
 }
 
 /// What the lock loop does next.
@@ -97,7 +116,7 @@ impl<'a> Resolver<'a> {
         conflict: Error,
     ) -> Result<Next> {
         let holder = match &conflict {
-            Error::AlreadyRunning { holder, .. } => *holder,
+            Error::AlreadyRunning { holder, .. } => holder.clone(),
             // Held by this process: waiting or signalling would be a deadlock
             // or a suicide.
             _ => return Err(conflict),
@@ -106,7 +125,7 @@ impl<'a> Resolver<'a> {
             OnConflict::Exit => Err(conflict),
             OnConflict::Wait { timeout } => {
                 if !self.quiet && !self.announced {
-                    messages::waiting(holder, timeout);
+                    messages::waiting(&holder, timeout);
                 }
                 self.announced = true;
                 self.wait(file, timeout.map(|timeout| self.started + timeout), holder)
@@ -127,117 +146,95 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    /// Waits on the lock until `until`; a timeout means "look again".
+    fn wait_then_retry(&self, file: OwnedFd, until: Instant, holder: Holder) -> Result<Next> {
+        match self.wait(file, Some(until), holder) {
+            Err(Error::TimedOut { .. }) => Ok(Next::Retry),
+            other => other,
+        }
+    }
+
     fn take_over(
         &mut self,
         file: OwnedFd,
         identity: Identity,
-        claimed: Holder,
+        holder: Holder,
         timeout: Duration,
     ) -> Result<Next> {
-        let Some(Some(pid)) = kernel_lock_holder(identity) else {
+        let now = Instant::now();
+        // Whatever the holder does (ignores SIGTERM, survives SIGKILL in
+        // uninterruptible I/O, keeps handing its lock to new processes), a
+        // takeover ends within this bound.
+        if now >= self.started + timeout + AFTER_SIGKILL + TAKEOVER_SLACK {
+            return Err(Error::TimedOut {
+                path: self.path.to_owned(),
+                holder,
+                waited: self.started.elapsed(),
+            });
+        }
+        let instance = holder.verified_pids();
+        let Some(&main) = instance.first() else {
             return Err(Error::HolderUnverified {
                 path: self.path.to_owned(),
-                holder: claimed,
+                holder,
             });
         };
-        let (signal, deadline) = match self.signalled {
-            None => (Signal::SIGTERM, Instant::now() + timeout),
-            Some((signalled, Signal::SIGTERM, at)) if signalled == pid => {
-                if Instant::now() < at + timeout {
-                    return match self.wait(file, Some(at + timeout), Holder::Kernel(pid)) {
-                        Err(Error::TimedOut { .. }) => Ok(Next::Retry),
-                        other => other,
-                    };
-                }
-                (Signal::SIGKILL, Instant::now() + AFTER_SIGKILL)
-            }
-            Some((signalled, Signal::SIGKILL, at)) if signalled == pid => {
-                return self.wait(file, Some(at + AFTER_SIGKILL), Holder::Kernel(pid));
-            }
-            // Another instance took the lock after the one we signalled let
-            // go: that one is not ours to kill.
-            Some(_) => {
+        let signal = match &self.signalled {
+            None => Signal::SIGTERM,
+            Some(signalled) if !signalled.instance.iter().any(|pid| instance.contains(pid)) => {
+                // Another instance took the lock after the one we signalled
+                // let go: that one is not ours to kill.
                 return Err(Error::AlreadyRunning {
                     path: self.path.to_owned(),
-                    holder: Holder::Kernel(pid),
+                    holder,
                 });
+            }
+            Some(signalled) if signalled.signal == Signal::SIGTERM => {
+                let grace_ends = signalled.at + timeout;
+                if now < grace_ends {
+                    return self.wait_then_retry(file, grace_ends, holder);
+                }
+                Signal::SIGKILL
+            }
+            Some(signalled) => {
+                let at = signalled.at;
+                return self.wait(file, Some(at + AFTER_SIGKILL), holder);
             }
         };
         if !self.quiet {
-            messages::taking_over(pid, signal, timeout);
+            messages::taking_over(main, signal, timeout);
         }
-        if !signal_verified(pid, identity, signal)
-            .map_err(|errno| Error::io(self.path, "signal the holder of", errno))?
-        {
-            // It let go (or died) between our check and our signal.
-            return Ok(Next::Retry);
-        }
-        self.signalled = Some((pid, signal, Instant::now()));
-        match self.wait(file, Some(deadline), Holder::Kernel(pid)) {
-            Ok(next) => Ok(next),
-            // Escalate (or give up) on the next round.
-            Err(Error::TimedOut { .. }) if signal == Signal::SIGTERM => Ok(Next::Retry),
-            Err(error) => Err(error),
-        }
-    }
-}
-
-/// Sends `signal` to `pid` if, at that moment, it is still the kernel's
-/// holder of the lock on `identity`. Returns false if it no longer is.
-///
-/// On Linux the process is pinned with a pidfd before the check, and the
-/// signal goes through that pidfd: a PID can be reused between a check and a
-/// `kill`, a pidfd cannot.
-#[cfg(target_os = "linux")]
-pub(crate) fn signal_verified(pid: Pid, identity: Identity, signal: Signal) -> nix::Result<bool> {
-    use nix::errno::Errno;
-    use nix::libc;
-    use std::os::fd::{AsRawFd, FromRawFd};
-
-    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.get(), 0) };
-    if raw < 0 {
-        return match Errno::last() {
-            Errno::ESRCH => Ok(false),
-            // Kernels before 5.3: check, then kill (the small window remains).
-            Errno::ENOSYS => {
-                if kernel_lock_holder(identity) != Some(Some(pid)) {
-                    return Ok(false);
-                }
-                nix::sys::signal::kill(pid.as_nix(), signal).map(|()| true)
-            }
-            errno => Err(errno),
+        // SIGTERM asks the instance to shut down (its main process stops its
+        // workers); SIGKILL ends every process that keeps the lock.
+        let targets = if signal == Signal::SIGTERM {
+            &instance[..1]
+        } else {
+            &instance[..]
         };
+        let mut sent = false;
+        for &pid in targets {
+            sent |= signal_verified(pid, identity, signal)
+                .map_err(|errno| Error::io(self.path, "signal the holder of", errno))?;
+        }
+        let mut known = self
+            .signalled
+            .take()
+            .map(|signalled| signalled.instance)
+            .unwrap_or_default();
+        known.extend(instance.iter().copied());
+        self.signalled = Some(Signalled {
+            instance: known,
+            signal,
+            at: now,
+        });
+        if !sent {
+            // They let go (or died) between our check and our signal.
+            return self.wait_then_retry(file, Instant::now() + RECHECK_AFTER, holder);
+        }
+        if signal == Signal::SIGTERM {
+            self.wait_then_retry(file, now + timeout, holder)
+        } else {
+            self.wait(file, Some(now + AFTER_SIGKILL), holder)
+        }
     }
-    // SAFETY: a successful pidfd_open returned a descriptor we now own.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
-    if kernel_lock_holder(identity) != Some(Some(pid)) {
-        return Ok(false);
-    }
-    // SAFETY: a valid pidfd, a valid signal number, no siginfo, no flags.
-    let sent = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal as libc::c_int,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    match Errno::result(sent) {
-        Ok(_) => Ok(true),
-        Err(Errno::ESRCH) => Ok(false),
-        Err(errno) => Err(errno),
-    }
-}
-
-/// Without a kernel lock table we never get here: the holder cannot be
-/// verified, so takeover refuses before signalling anyone.
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn signal_verified(
-    _pid: Pid,
-    _identity: Identity,
-    _signal: Signal,
-) -> nix::Result<bool> {
-    Ok(false)
 }

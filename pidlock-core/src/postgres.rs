@@ -377,6 +377,9 @@ impl Shared {
 /// A held PostgreSQL lock; dropping it unlocks and closes the connection.
 pub struct PgGuard {
     shared: Arc<Shared>,
+    /// The process that took the lock: a `fork()` child shares the socket
+    /// but must never speak on it (SPEC §10, "Ownership").
+    owner: Pid,
     id: i64,
     term: i64,
     heartbeat: Option<JoinHandle<()>>,
@@ -440,6 +443,7 @@ impl PgGuard {
             });
         Self {
             shared,
+            owner: Pid::current(),
             id,
             term,
             heartbeat,
@@ -484,6 +488,13 @@ fn watchdog(shared: &Shared, lease: Duration, grace: Duration, key: &str, term: 
 
 impl Drop for PgGuard {
     fn drop(&mut self) {
+        if Pid::current() != self.owner {
+            // A fork child's copy: its socket is the parent's session. An
+            // unlock or a Terminate message sent from here would end the
+            // parent's lock, so the connection is never touched or closed.
+            std::mem::forget(Arc::clone(&self.shared));
+            return;
+        }
         self.shared.released.store(true, Ordering::SeqCst);
         TERM.store(0, Ordering::SeqCst);
         if let Some(heartbeat) = self.heartbeat.take() {

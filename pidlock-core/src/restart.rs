@@ -3,7 +3,7 @@
 //!
 //! Exiting and starting again leaves a window in which another instance can
 //! take the lock. Instead, [`restart`] clears close-on-exec on each locked
-//! descriptor and `exec`s the same executable with the same arguments and
+//! descriptor just before it `exec`s the same executable with the same arguments and
 //! environment, plus `PIDLOCK_RESTART` naming the descriptors. A `flock`
 //! belongs to the open file description, which survives `exec`, so the lock
 //! is held throughout. The new image, on acquiring the same path, adopts the
@@ -20,9 +20,10 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
+use std::sync::Once;
 
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-use nix::sys::stat::{fstat, fstatat};
+use nix::errno::Errno;
+use nix::sys::stat::fstatat;
 
 use crate::exit_cleanup;
 use crate::lockfile::{Identity, Locked, flock, unsafe_kind};
@@ -33,12 +34,17 @@ use crate::pid::Pid;
 const HANDOVER: &str = "PIDLOCK_RESTART";
 
 /// Re-executes the running program (same executable, arguments and
-/// environment) while keeping every lock this process holds: no other
-/// instance can start in between. Returns only if the `exec` failed, with
+/// environment) while keeping every PID-file lock this process owns: no
+/// other instance can start in between. Returns only if it could not, with
 /// the reason; the locks are then still held, as before the call.
 ///
 /// After a deploy replaced the executable, the new file at the same path is
 /// what runs.
+///
+/// A PostgreSQL lock (the `postgres` feature) cannot be kept: its session
+/// ends with the process image. While one is held, `restart()` refuses
+/// before `exec` with an [`io::ErrorKind::Unsupported`] error that says so;
+/// restart through the supervisor instead, or release that lock first.
 ///
 /// ```no_run
 /// #[pidlock_core::single_instance(path = "data/bot.pid")]
@@ -50,23 +56,28 @@ const HANDOVER: &str = "PIDLOCK_RESTART";
 /// ```
 #[must_use = "restart() returns only when it failed"]
 pub fn restart() -> io::Error {
-    let held = exit_cleanup::held_files();
+    if remote_lock_held() {
+        return io::Error::new(
+            io::ErrorKind::Unsupported,
+            "restart() cannot keep a PostgreSQL lock across exec (its session ends with the process image); restart through your supervisor instead",
+        );
+    }
+    // Only what this process owns: a fork child's inherited locks are its
+    // parent's, and they close at exec like any close-on-exec descriptor.
+    let held: Vec<(RawFd, Identity)> = exit_cleanup::held()
+        .into_iter()
+        .filter(|held| held.owner.is_current())
+        .map(|held| (held.file, held.identity))
+        .collect();
     let mut handover = format!("{};", Pid::current());
     for (index, (fd, identity)) in held.iter().enumerate() {
-        if let Err(errno) = set_close_on_exec(*fd, false) {
-            restore(&held);
-            return io::Error::from(errno);
-        }
         let (dev, ino) = identity.raw();
         let separator = if index == 0 { "" } else { "," };
         handover.push_str(&format!("{separator}{fd}:{dev}:{ino}"));
     }
     let executable = match current_executable() {
         Ok(executable) => executable,
-        Err(error) => {
-            restore(&held);
-            return error;
-        }
+        Err(error) => return error,
     };
     messages::restarting(Pid::current(), &executable);
     let mut args = std::env::args_os();
@@ -74,29 +85,63 @@ pub fn restart() -> io::Error {
     if let Some(arg0) = args.next() {
         command.arg0(arg0);
     }
-    let error = command.args(args).env(HANDOVER, handover).exec();
-    restore(&held);
+    let fds: Vec<RawFd> = held.iter().map(|(fd, _)| *fd).collect();
+    // Close-on-exec is cleared at the last moment, right before `execve`:
+    // while it is clear, a child that another thread spawns would inherit
+    // the lock. The window is two system calls wide instead of the whole of
+    // this function.
+    // SAFETY: the closure only calls fcntl(2), which is async-signal-safe,
+    // on descriptors the guards keep open.
+    let command = unsafe {
+        command
+            .args(args)
+            .env(HANDOVER, handover)
+            .pre_exec(move || {
+                for &fd in &fds {
+                    set_close_on_exec(fd, false)?;
+                }
+                Ok(())
+            })
+    };
+    let error = command.exec();
+    for (fd, _) in &held {
+        let _ = set_close_on_exec(*fd, true);
+    }
     error
 }
 
-fn restore(held: &[(RawFd, Identity)]) {
-    for (fd, _) in held {
-        let _ = set_close_on_exec(*fd, true);
-    }
+#[cfg(feature = "postgres")]
+fn remote_lock_held() -> bool {
+    crate::postgres::fencing_term().is_some()
 }
 
-fn set_close_on_exec(fd: RawFd, on: bool) -> nix::Result<()> {
-    let flags = if on {
-        FdFlag::FD_CLOEXEC
-    } else {
-        FdFlag::empty()
-    };
-    // SAFETY: borrowed for one fcntl on a descriptor a guard keeps open.
-    fcntl(
-        unsafe { BorrowedFd::borrow_raw(fd) },
-        FcntlArg::F_SETFD(flags),
-    )
-    .map(drop)
+#[cfg(not(feature = "postgres"))]
+fn remote_lock_held() -> bool {
+    false
+}
+
+/// Sets or clears `FD_CLOEXEC` on a raw descriptor. The raw `fcntl` takes a
+/// number, not a borrowed descriptor: it fails with `EBADF` on one that is
+/// not open, which is all the hand-over code needs to know.
+fn set_close_on_exec(fd: RawFd, on: bool) -> io::Result<()> {
+    let flags = if on { nix::libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: F_SETFD on a number is defined for any value: EBADF if closed.
+    Errno::result(unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, flags) })
+        .map(drop)
+        .map_err(io::Error::from)
+}
+
+/// The inode a raw descriptor refers to, if it is open.
+fn identity_of(fd: RawFd) -> Option<(Identity, nix::sys::stat::FileStat)> {
+    let mut stat = std::mem::MaybeUninit::<nix::libc::stat>::uninit();
+    // SAFETY: fstat on a number is defined for any value (EBADF if closed)
+    // and fills `stat` on success.
+    let status = unsafe { nix::libc::fstat(fd, stat.as_mut_ptr()) };
+    // SAFETY: initialised by the successful call.
+    (status == 0).then(|| {
+        let stat = unsafe { stat.assume_init() };
+        (Identity::of(&stat), stat)
+    })
 }
 
 /// The running executable. On Linux, once a deploy replaced the file,
@@ -112,13 +157,49 @@ fn current_executable() -> io::Result<PathBuf> {
     Ok(PathBuf::from(OsString::from_vec(bytes)))
 }
 
+/// The descriptors named by this process's hand-over, if there is one:
+/// `(fd, identity)` pairs.
+fn handed_over() -> Vec<(RawFd, Identity)> {
+    let Ok(handover) = std::env::var(HANDOVER) else {
+        return Vec::new();
+    };
+    let Some((pid, entries)) = handover.split_once(';') else {
+        return Vec::new();
+    };
+    if pid.parse::<i32>().ok() != Some(Pid::current().get()) {
+        return Vec::new();
+    }
+    entries
+        .split(',')
+        .filter_map(|entry| {
+            let mut fields = entry.split(':').map(str::parse::<u64>);
+            let (Some(Ok(fd)), Some(Ok(dev)), Some(Ok(ino))) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                return None;
+            };
+            Some((RawFd::try_from(fd).ok()?, Identity::from_raw(dev, ino)))
+        })
+        .collect()
+}
+
 /// The lock on `name` in `dir` handed over by [`restart`], if there is one
 /// for this process and it checks out; else `None`, and the caller acquires
 /// normally.
+///
+/// The first call also marks every handed-over descriptor close-on-exec
+/// again, adopted or not, so children never inherit a lock.
 pub(crate) fn adopt(dir: BorrowedFd<'_>, name: &CStr) -> Option<Locked> {
-    let handover = std::env::var(HANDOVER).ok()?;
-    let (pid, entries) = handover.split_once(';')?;
-    if pid.parse::<i32>().ok()? != Pid::current().get() {
+    static PROTECTED: Once = Once::new();
+    let handed_over = handed_over();
+    PROTECTED.call_once(|| {
+        for &(fd, identity) in &handed_over {
+            if identity_of(fd).is_some_and(|(open, _)| open == identity) {
+                let _ = set_close_on_exec(fd, true);
+            }
+        }
+    });
+    if handed_over.is_empty() {
         return None;
     }
     let on_path = fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
@@ -127,27 +208,15 @@ pub(crate) fn adopt(dir: BorrowedFd<'_>, name: &CStr) -> Option<Locked> {
     if exit_cleanup::is_held(identity) {
         return None;
     }
-    let fd = entries.split(',').find_map(|entry| {
-        let mut fields = entry.split(':').map(str::parse::<u64>);
-        let (Some(Ok(fd)), Some(Ok(dev)), Some(Ok(ino))) =
-            (fields.next(), fields.next(), fields.next())
-        else {
-            return None;
-        };
-        (Identity::from_raw(dev, ino) == identity)
-            .then(|| RawFd::try_from(fd).ok())
-            .flatten()
-    })?;
-    // SAFETY: only borrowed for `fstat`; EBADF if nothing is open there.
-    let stat = fstat(unsafe { BorrowedFd::borrow_raw(fd) }).ok()?;
-    if Identity::of(&stat) != identity || unsafe_kind(&stat).is_some() {
+    let &(fd, _) = handed_over.iter().find(|(_, handed)| *handed == identity)?;
+    let (open, stat) = identity_of(fd)?;
+    if open != identity || unsafe_kind(&stat).is_some() {
         return None;
     }
     // SAFETY: the descriptor is open and is the very file the hand-over
     // names, inherited across our own exec: nothing else in this image owns
     // it. From here it is ours to keep or to close.
     let file = unsafe { OwnedFd::from_raw_fd(fd) };
-    set_close_on_exec(fd, true).ok()?;
     // Succeeds at once if this open file description still holds the lock;
     // fails if someone else took it, and then closing it is all we can do.
     flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB).ok()?;

@@ -27,6 +27,14 @@
 //! - `sigaction(sig, SIG_DFL)`, `pthread_sigmask(SIG_UNBLOCK)`, `raise(sig)`:
 //!   async-signal-safe; the re-raised signal is delivered as soon as it is
 //!   unblocked, with the default action, so the process ends there.
+//! - `_exit(128 + sig)`, async-signal-safe, if the process survived that: the
+//!   first process of a PID namespace (PID 1 in a container) has no default
+//!   action for these signals, and a process whose file is gone must not
+//!   keep running (SPEC §10, "PID 1").
+//!
+//! Only the lock's owner removes files: in a `fork()` child the handler finds
+//! nothing of its own to remove and just dies of the signal (SPEC §10,
+//! "Ownership").
 //!
 //! `errno` is saved and restored around all of it for the case where the
 //! handler returns (it was chained by a handler that replaced it).
@@ -162,8 +170,12 @@ fn die_of(signal: Signal) {
     only.add(signal);
     let _ = raise(signal);
     // The signal is blocked while its handler runs; unblocking delivers the
-    // pending one right here with the default action. Should the process
-    // survive (it cannot for these signals), returning from the handler
-    // delivers it again on the way out.
+    // pending one right here with the default action, and the process ends.
     let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&only), None);
+    // Still here: the kernel dropped the signal instead, as it does for the
+    // first process of a PID namespace (a container without `--init`), which
+    // gets no default action. The file is already gone, so the process must
+    // not run on: end it as `docker run --init` (tini) would, with 128 + n.
+    // SAFETY: `_exit` is async-signal-safe and never returns.
+    unsafe { libc::_exit(128 + signal as libc::c_int) };
 }

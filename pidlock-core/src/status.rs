@@ -8,6 +8,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode, fstat, lstat};
 
 use crate::error::{Error, Holder, Result};
+use crate::holders::{self, Holders};
 use crate::lockfile::{self, Identity, retry_eintr};
 use crate::pid::{Contents, Pid};
 
@@ -25,7 +26,7 @@ use crate::pid::{Contents, Pid};
 /// assert_eq!(holder.pid(), Some(guard.pid()));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
     /// The lock is held.
     Running(Holder),
@@ -41,10 +42,15 @@ pub enum Status {
 
 /// Reports whether the lock at `path` is held and by whom.
 ///
-/// On Linux the kernel's lock table (`/proc/locks`) answers without touching
-/// the lock, and names the holder even before it writes its PID. Elsewhere a
-/// shared non-blocking lock probes it, which a program starting at that very
-/// instant could see as a conflict.
+/// On Linux the holder is verified with the kernel: the processes that have
+/// the locking open file description open (`/proc/<pid>/fdinfo`), as this
+/// process's PID namespace numbers them — not the PID in the file, and not
+/// the PID `/proc/locks` shows (whoever *took* the lock, possibly long gone).
+/// When no holder is visible, a shared non-blocking lock probes for an
+/// instant whether the lock is held at all, by a process out of sight
+/// (another user's, another PID namespace's): that is [`Holder::File`] or
+/// [`Holder::Unknown`], never "not running". A program starting at that very
+/// instant sees the probe for what it is and is not refused.
 ///
 /// # Errors
 ///
@@ -59,19 +65,28 @@ pub fn status(path: impl AsRef<Path>) -> Result<Status> {
         Contents::Pid(pid) => Some(pid),
         Contents::Corrupted(_) => None,
     };
-    if let Some(kernel) = kernel_lock_holder(Identity::of(&stat)) {
-        return Ok(match kernel {
-            Some(pid) => Status::Running(Holder::Kernel(pid)),
-            None => Status::Stale { pid: file_pid },
-        });
+    Ok(match probe(&file, Identity::of(&stat), path)? {
+        Some(holders) => Status::Running(holders.describe(file_pid)),
+        None => Status::Stale { pid: file_pid },
+    })
+}
+
+/// Who holds the lock on `file`: `None` if nobody does; the verified
+/// holders, possibly none (held out of sight), if somebody does.
+pub(crate) fn probe(file: &OwnedFd, identity: Identity, path: &Path) -> Result<Option<Holders>> {
+    let holders = holders::find(identity);
+    if !holders.exclusive.is_empty() {
+        return Ok(Some(holders));
     }
     match lockfile::flock(file.as_fd(), nix::libc::LOCK_SH | nix::libc::LOCK_NB) {
-        Err(Errno::EWOULDBLOCK) => Ok(Status::Running(
-            file_pid.map_or(Holder::Unknown, Holder::File),
-        )),
+        // Held: by a holder that got there after our look, or out of sight.
+        Err(Errno::EWOULDBLOCK) => Ok(Some(holders::find(identity))),
         Err(errno) => Err(Error::io(path, "probe the lock on", errno)),
-        // Our probe lock goes away when `file` closes on return.
-        Ok(()) => Ok(Status::Stale { pid: file_pid }),
+        // Free. Let go of the probe at once rather than when `file` closes.
+        Ok(()) => {
+            let _ = lockfile::flock(file.as_fd(), nix::libc::LOCK_UN);
+            Ok(None)
+        }
     }
 }
 
@@ -79,7 +94,11 @@ pub fn status(path: impl AsRef<Path>) -> Result<Status> {
 /// `None` if there is none. Anything but a regular file is refused, named
 /// by what it is.
 pub(crate) fn open_existing(path: &Path) -> Result<Option<(OwnedFd, FileStat)>> {
-    let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
+    let flags = OFlag::O_RDONLY
+        | OFlag::O_CLOEXEC
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_NONBLOCK
+        | OFlag::O_NOCTTY;
     let file = match retry_eintr(|| nix::fcntl::open(path, flags, Mode::empty())) {
         Ok(file) => file,
         Err(Errno::ENOENT) => return Ok(None),
@@ -103,54 +122,4 @@ pub(crate) fn open_existing(path: &Path) -> Result<Option<(OwnedFd, FileStat)>> 
         });
     }
     Ok(Some((file, stat)))
-}
-
-/// The process holding a `flock` on this inode, per the kernel: `Some(None)`
-/// when nobody does, `None` when the kernel cannot be asked.
-#[cfg(target_os = "linux")]
-pub(crate) fn kernel_lock_holder(identity: Identity) -> Option<Option<Pid>> {
-    let table = std::fs::read_to_string("/proc/locks").ok()?;
-    Some(parse_proc_locks(&table, identity))
-}
-
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn kernel_lock_holder(_identity: Identity) -> Option<Option<Pid>> {
-    None
-}
-
-/// Finds the FLOCK holder of `identity` in `/proc/locks`, whose lines read
-/// `1: FLOCK  ADVISORY  WRITE 5152 fe:00:10010769 0 EOF` (device as hex
-/// major:minor, then the inode). Lines with `->` are waiters, not holders.
-#[cfg(target_os = "linux")]
-fn parse_proc_locks(table: &str, identity: Identity) -> Option<Pid> {
-    let wanted = identity.proc_locks_key();
-    table.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        match fields.as_slice() {
-            [_, "FLOCK", _, _, pid, file, ..] if *file == wanted => {
-                pid.parse().ok().and_then(Pid::new)
-            }
-            _ => None,
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn proc_locks_lines_are_matched_by_device_and_inode() {
-        // Device 0xfe00 is major 0xfe, minor 0 (how /dev/vda reads on Linux).
-        let identity = Identity::from_raw(0xfe00, 10010769);
-        let table = "1: POSIX  ADVISORY  WRITE 3785 fe:00:10010769 0 EOF\n\
-                     2: -> FLOCK  ADVISORY  WRITE 77 fe:00:10010769 0 EOF\n\
-                     3: FLOCK  ADVISORY  WRITE 99 fe:01:10010769 0 EOF\n\
-                     4: FLOCK  ADVISORY  WRITE 5152 fe:00:10010769 0 EOF\n";
-        assert_eq!(parse_proc_locks(table, identity), Pid::new(5152));
-        let unheld = "1: POSIX  ADVISORY  WRITE 3785 fe:00:10010769 0 EOF\n\
-                      2: -> FLOCK  ADVISORY  WRITE 77 fe:00:10010769 0 EOF\n";
-        assert_eq!(parse_proc_locks(unheld, identity), None);
-    }
 }

@@ -94,7 +94,7 @@ fn status_of_a_running_holder_exits_0_with_pid_command_and_start_time() {
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     let pid = holder.pid;
     assert!(
-        stdout.contains(&format!("running (PID {pid}, per the kernel's lock table)")),
+        stdout.contains(&format!("running (PID {pid}, verified with the kernel)")),
         "{stdout}"
     );
     // The forked holder is a copy of this test binary.

@@ -24,6 +24,45 @@ fn hold_elsewhere(path: &Path, contents: &str) -> Flock<File> {
         .unwrap()
 }
 
+/// Another process holding the lock on `path` the way a shell script would
+/// (`exec 9<>FILE; flock 9`), with `contents` in the file: `flock(1)` takes
+/// the lock and exits, the shell (then `sleep`, same PID) keeps it.
+struct ShellHolder(Child);
+
+impl ShellHolder {
+    fn start(path: &Path, contents: &str) -> Self {
+        fs::write(path, contents).unwrap();
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                r#"exec 9<>"$0" && flock -x 9 && echo locked && exec sleep 30"#,
+            ])
+            .arg(path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line, "locked\n");
+        Self(child)
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::new(self.0.id() as i32).unwrap()
+    }
+}
+
+impl Drop for ShellHolder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A live process that is not us, to name as a holder.
 struct Sleeper(Child);
 
@@ -72,61 +111,68 @@ fn missing_parent_directories_are_created() {
     assert!(path.is_file());
 }
 
+#[cfg(target_os = "linux")]
 #[test]
-fn an_existing_instance_is_reported_with_its_pid() {
+fn an_existing_instance_is_reported_with_its_verified_pid() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
-    let other = Sleeper::start();
-    let _held = hold_elsewhere(&path, &format!("{}\n", other.pid()));
+    let holder = ShellHolder::start(&path, "");
+    fs::write(&path, format!("{}\n", holder.pid())).unwrap();
     match lock(&path).acquire() {
         Err(Error::AlreadyRunning {
             path: reported,
-            holder,
+            holder: named,
         }) => {
             assert_eq!(reported, path);
-            assert_eq!(holder, Holder::File(Pid::new(other.pid() as i32).unwrap()));
+            assert_eq!(
+                named,
+                Holder::Kernel {
+                    pid: holder.pid(),
+                    others: Vec::new()
+                }
+            );
         }
         other => panic!("expected AlreadyRunning, got {other:?}"),
     }
     assert_eq!(
         fs::read_to_string(&path).unwrap(),
-        format!("{}\n", other.pid())
+        format!("{}\n", holder.pid())
     );
 }
 
+#[cfg(target_os = "linux")]
 #[test]
-fn a_holder_that_writes_its_pid_late_is_still_named() {
+fn the_holder_is_named_by_the_kernel_not_by_the_files_claim() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
     let other = Sleeper::start();
-    let held = hold_elsewhere(&path, "");
-    let pid = other.pid();
-    let writer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(30));
-        nix::sys::uio::pwrite(&*held, format!("{pid}\n").as_bytes(), 0).unwrap();
-        held
-    });
-    let result = lock(&path).acquire();
-    let _held = writer.join().unwrap();
-    match result {
-        Err(Error::AlreadyRunning { holder, .. }) => {
-            assert_eq!(holder.pid().map(Pid::get), Some(pid as i32));
+    // Empty (the holder has not written yet), then a PID that is not the holder.
+    for contents in [String::new(), format!("{}\n", other.pid())] {
+        let holder = ShellHolder::start(&path, &contents);
+        match lock(&path).acquire() {
+            Err(Error::AlreadyRunning { holder: named, .. }) => {
+                assert_eq!(named.pid(), Some(holder.pid()), "file said {contents:?}");
+                assert!(named.is_verified());
+            }
+            other => panic!("expected AlreadyRunning, got {other:?}"),
         }
-        other => panic!("expected AlreadyRunning, got {other:?}"),
     }
 }
 
 #[test]
-fn a_holder_that_never_writes_is_pid_unknown() {
+fn a_number_in_the_file_equal_to_ours_is_not_held_by_this_process() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
-    let _held = hold_elsewhere(&path, "");
+    // Another process holds the lock; the file names our PID number (as a
+    // holder in another PID namespace, or a stale number, would).
+    let _holder = ShellHolder::start(&path, &format!("{}\n", std::process::id()));
     assert!(matches!(
         lock(&path).acquire(),
-        Err(Error::AlreadyRunning {
-            holder: Holder::Unknown,
-            ..
-        })
+        Err(Error::AlreadyRunning { .. })
+    ));
+    assert!(matches!(
+        lock(&path).acquire_timeout(Duration::from_millis(200)),
+        Err(Error::TimedOut { .. })
     ));
 }
 
@@ -225,7 +271,10 @@ fn releasing_twice_is_a_no_op() {
     // may be the same: the kernel must still show `second`'s lock.
     assert_eq!(
         pidlock_core::status(&path).unwrap(),
-        Status::Running(Holder::Kernel(Pid::current()))
+        Status::Running(Holder::Kernel {
+            pid: Pid::current(),
+            others: Vec::new()
+        })
     );
 }
 
@@ -303,7 +352,10 @@ fn status_names_the_kernel_lock_owner_not_the_files_claim() {
     let _held = hold_elsewhere(&path, "4242\n");
     assert_eq!(
         pidlock_core::status(&path).unwrap(),
-        Status::Running(Holder::Kernel(Pid::current()))
+        Status::Running(Holder::Kernel {
+            pid: Pid::current(),
+            others: Vec::new()
+        })
     );
 }
 
@@ -311,12 +363,11 @@ fn status_names_the_kernel_lock_owner_not_the_files_claim() {
 fn acquire_timeout_gives_up_with_timed_out_naming_the_holder() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
-    let other = Sleeper::start();
-    let _held = hold_elsewhere(&path, &format!("{}\n", other.pid()));
+    let other = ShellHolder::start(&path, "");
     let started = std::time::Instant::now();
     match lock(&path).acquire_timeout(Duration::from_millis(200)) {
         Err(Error::TimedOut { holder, waited, .. }) => {
-            assert_eq!(holder.pid().map(Pid::get), Some(other.pid() as i32));
+            assert_eq!(holder.pid(), Some(other.pid()));
             assert!(waited >= Duration::from_millis(200), "{waited:?}");
         }
         other => panic!("expected TimedOut, got {other:?}"),

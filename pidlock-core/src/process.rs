@@ -1,0 +1,124 @@
+//! Another process, pinned so that what we do to it reaches it and never a
+//! later process that was given the same PID.
+//!
+//! On Linux a pidfd (`pidfd_open`, 5.3+) refers to one process for as long as
+//! it is open: a signal sent through it after the process died fails with
+//! `ESRCH` instead of hitting whoever got the number next. Checking something
+//! about the process (that it holds our lock) *after* pinning it and then
+//! signalling through the pin is sound: if the signal is delivered, the
+//! process was alive through the check, so the check was about it. Kernels
+//! without pidfds, and other systems, fall back to `kill` on the number,
+//! where a small window remains between check and signal.
+
+#[cfg(target_os = "linux")]
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+
+use crate::pid::Pid;
+
+/// A process we may signal or wait for.
+#[derive(Debug)]
+pub(crate) struct Pinned {
+    pid: Pid,
+    #[cfg(target_os = "linux")]
+    pidfd: Option<OwnedFd>,
+}
+
+impl Pinned {
+    /// Pins the process with this PID now; `None` if there is none.
+    pub(crate) fn open(pid: Pid) -> nix::Result<Option<Self>> {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: pidfd_open takes a PID and flags and returns a new
+            // descriptor or -1; nothing is borrowed.
+            let raw = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.get(), 0) };
+            if raw >= 0 {
+                // SAFETY: a successful pidfd_open returned a descriptor we now own.
+                let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+                return Ok(Some(Self {
+                    pid,
+                    pidfd: Some(pidfd),
+                }));
+            }
+            match Errno::last() {
+                Errno::ESRCH => return Ok(None),
+                // Kernels before 5.3: the number is all we have.
+                Errno::ENOSYS => {}
+                errno => return Err(errno),
+            }
+            Ok(pid.is_alive().then_some(Self { pid, pidfd: None }))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            Ok(pid.is_alive().then_some(Self { pid }))
+        }
+    }
+
+    pub(crate) fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Sends `signal`; false if the process has exited meanwhile.
+    pub(crate) fn signal(&self, signal: Signal) -> nix::Result<bool> {
+        #[cfg(target_os = "linux")]
+        if let Some(pidfd) = &self.pidfd {
+            // SAFETY: a valid pidfd, a valid signal number, no siginfo, no flags.
+            let sent = unsafe {
+                nix::libc::syscall(
+                    nix::libc::SYS_pidfd_send_signal,
+                    pidfd.as_raw_fd(),
+                    signal as nix::libc::c_int,
+                    std::ptr::null::<nix::libc::siginfo_t>(),
+                    0,
+                )
+            };
+            return match Errno::result(sent) {
+                Ok(_) => Ok(true),
+                Err(Errno::ESRCH) => Ok(false),
+                Err(errno) => Err(errno),
+            };
+        }
+        match nix::sys::signal::kill(self.pid.as_nix(), signal) {
+            Ok(()) => Ok(true),
+            Err(Errno::ESRCH) => Ok(false),
+            Err(errno) => Err(errno),
+        }
+    }
+
+    /// Blocks until the process has exited (a zombie counts) or `deadline`
+    /// passes; true if it exited. With a pidfd the kernel wakes us; without,
+    /// the PID is probed every few milliseconds.
+    pub(crate) fn wait_for_exit(&self, deadline: Instant) -> bool {
+        #[cfg(target_os = "linux")]
+        if let Some(pidfd) = &self.pidfd {
+            use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+            use std::os::fd::AsFd;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+                let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, timeout) {
+                    Ok(0) => return false,
+                    Ok(_) => return true,
+                    Err(Errno::EINTR) => {}
+                    // Cannot wait on it: fall back to probing below.
+                    Err(_) => break,
+                }
+            }
+        }
+        const PROBE_EVERY: Duration = Duration::from_millis(5);
+        loop {
+            if !self.pid.is_alive() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::sleep(left.min(PROBE_EVERY));
+        }
+    }
+}
