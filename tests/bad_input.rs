@@ -116,9 +116,7 @@ fn dead_pid_is_reported_stale_and_taken_over() {
     let dead = dead_pid();
     let stderr = takes_over(format!("{dead}\n").as_bytes());
     assert!(
-        stderr.contains(&format!(
-            "WARNING - Found stale PID file (PID {dead} not running). Removing...\n"
-        )),
+        stderr.contains(&format!("/app.pid (PID {dead} not running). Removing...\n")),
         "{stderr}"
     );
 }
@@ -130,7 +128,7 @@ fn live_pid_that_does_not_hold_the_lock_is_still_stale() {
     let stderr = takes_over(format!("{me}\n").as_bytes());
     assert!(
         stderr.contains(&format!(
-            "WARNING - Found stale PID file (PID {me} is running but does not hold the lock). Removing...\n"
+            "/app.pid (PID {me} is running but does not hold the lock). Removing...\n"
         )),
         "{stderr}"
     );
@@ -141,7 +139,7 @@ fn a_long_stale_pid_is_replaced_by_a_shorter_one_without_leftovers() {
     // Written at offset 0 then truncated: no digits of the old PID remain.
     let stderr = takes_over(b"2147483647\n");
     assert!(
-        stderr.contains("Found stale PID file (PID 2147483647"),
+        stderr.contains("/app.pid (PID 2147483647 not running)"),
         "{stderr}"
     );
 }

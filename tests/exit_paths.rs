@@ -137,10 +137,7 @@ fn process_exit_from_main_removes_the_file_and_keeps_the_code() {
     let case = Case::new();
     let (status, stderr) = run(case.command("process-exit"));
     assert_eq!(status.code(), Some(5), "{stderr}");
-    assert!(
-        stderr.ends_with("INFO - Releasing PID lock...\nINFO - PID file lock released\n"),
-        "{stderr}"
-    );
+    assert!(stderr.ends_with(&release_lines(&case.pid_file)), "{stderr}");
     case.assert_file_gone();
 }
 
@@ -159,10 +156,7 @@ fn dies_by(signal: Signal) {
     running.signal(signal);
     let (status, stderr) = running.finish();
     assert!(killed_by(status, signal), "{status:?}\n{stderr}");
-    assert!(
-        stderr.ends_with("INFO - Releasing PID lock...\nINFO - PID file lock released\n"),
-        "{stderr}"
-    );
+    assert!(stderr.ends_with(&release_lines(&case.pid_file)), "{stderr}");
     case.assert_file_gone();
 }
 
@@ -191,7 +185,7 @@ fn sigabrt_without_handler_removes_file_and_dies_by_signal() {
     dies_by(Signal::SIGABRT);
 }
 
-fn graceful_on_sigint(command: Command) {
+fn graceful_on_sigint(command: Command, pid_file: &Path) {
     let running = start(command);
     running.signal(Signal::SIGINT);
     let (status, stderr) = running.finish();
@@ -201,7 +195,10 @@ fn graceful_on_sigint(command: Command) {
         "the program's own shutdown did not run:\n{stderr}"
     );
     assert!(
-        stderr.ends_with("INFO - PID file lock released\n"),
+        stderr.ends_with(&format!(
+            "INFO - PID file lock released: {}\n",
+            pid_file.display()
+        )),
         "{stderr}"
     );
 }
@@ -209,27 +206,33 @@ fn graceful_on_sigint(command: Command) {
 #[test]
 fn sigint_with_tokio_ctrl_c_below_the_attribute_runs_the_programs_shutdown() {
     let case = Case::new();
-    graceful_on_sigint(case.command_for(
-        Path::new(env!("CARGO_BIN_EXE_fixture-tokio-above")),
-        "ctrl-c",
-    ));
+    graceful_on_sigint(
+        case.command_for(
+            Path::new(env!("CARGO_BIN_EXE_fixture-tokio-above")),
+            "ctrl-c",
+        ),
+        &case.pid_file,
+    );
     case.assert_file_gone();
 }
 
 #[test]
 fn sigint_with_tokio_ctrl_c_above_the_attribute_runs_the_programs_shutdown() {
     let case = Case::new();
-    graceful_on_sigint(case.command_for(
-        Path::new(env!("CARGO_BIN_EXE_fixture-tokio-below")),
-        "ctrl-c",
-    ));
+    graceful_on_sigint(
+        case.command_for(
+            Path::new(env!("CARGO_BIN_EXE_fixture-tokio-below")),
+            "ctrl-c",
+        ),
+        &case.pid_file,
+    );
     case.assert_file_gone();
 }
 
 #[test]
 fn sigint_with_the_ctrlc_crate_runs_the_programs_shutdown() {
     let case = Case::new();
-    graceful_on_sigint(case.command("ctrlc"));
+    graceful_on_sigint(case.command("ctrlc"), &case.pid_file);
     case.assert_file_gone();
 }
 
@@ -308,7 +311,8 @@ fn sigkill_leaves_a_stale_file_that_the_next_start_takes_over_with_a_warning() {
     assert!(status.success(), "{stderr}");
     assert!(
         stderr.starts_with(&format!(
-            "WARNING - Found stale PID file (PID {dead} not running). Removing...\n"
+            "WARNING - Found stale PID file {} (PID {dead} not running). Removing...\n",
+            case.pid_file.display()
         )),
         "{stderr}"
     );

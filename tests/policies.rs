@@ -137,8 +137,10 @@ fn wait_with_a_timeout_gives_up_with_the_exit_code_and_message() {
         stderr.contains(&format!(
             "ERROR - Another instance is still running (PID: {pid}) after waiting 500ms.\n\
              \x20       Only one instance can run at a time.\n\
+             \x20       PID file: {}\n\
              \x20       To stop the existing instance:\n\
-             \x20         kill {pid}\n"
+             \x20         kill {pid}\n",
+            case.pid_file.display()
         )),
         "{stderr}"
     );
@@ -279,7 +281,8 @@ fn restart_keeps_the_lock_and_the_pid_across_twenty_execs() {
         pidlock_core::status(&case.pid_file).unwrap(),
         Status::Running(pidlock_core::Holder::Kernel {
             pid: pidlock_core::Pid::new(pid as i32).unwrap(),
-            others: Vec::new()
+            others: Vec::new(),
+            ns_pid: None
         })
     );
     eprintln!("{attempts} contender attempts during {RESTARTS} restarts, all refused");

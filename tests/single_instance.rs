@@ -48,9 +48,11 @@ fn second_instance_exits_1_naming_the_holder_with_kill_and_hint() {
         format!(
             "ERROR - Another instance is already running (PID: {pid}).\n\
              \x20       Only one instance can run at a time.\n\
+             \x20       PID file: {}\n\
              \x20       To stop the existing instance:\n\
              \x20         kill {pid}\n\
-             \x20       Or use the /restart command from Telegram.\n"
+             \x20       Or use the /restart command from Telegram.\n",
+            data_file(dir.path(), "bot.pid").display()
         )
     );
     // The loser touched nothing: same content, first still holds it.
@@ -67,10 +69,7 @@ fn sigint_on_the_first_removes_the_file_and_dies_by_sigint() {
     let (status, stderr) = bot.finish();
     assert!(killed_by(status, Signal::SIGINT), "{status:?}");
     assert!(!pid_file.exists());
-    assert!(
-        stderr.ends_with("INFO - Releasing PID lock...\nINFO - PID file lock released\n"),
-        "{stderr}"
-    );
+    assert!(stderr.ends_with(&release_lines(&pid_file)), "{stderr}");
 }
 
 #[test]
@@ -110,17 +109,13 @@ fn returning_from_main_removes_the_file_and_says_so() {
     );
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 3, "{stderr}");
+    let pid_file = data_file(dir.path(), "holder.pid");
     assert!(
-        lines[0].starts_with("INFO - PID file lock acquired (PID: "),
+        lines[0].starts_with("INFO - PID file lock acquired (PID: ")
+            && lines[0].ends_with(&format!("): {}", pid_file.display())),
         "{stderr}"
     );
-    assert_eq!(
-        lines[1..],
-        [
-            "INFO - Releasing PID lock...",
-            "INFO - PID file lock released"
-        ]
-    );
+    assert_eq!(lines[1..].join("\n") + "\n", release_lines(&pid_file));
 }
 
 #[test]
@@ -134,43 +129,113 @@ fn env_override_moves_the_lock() {
     assert!(!data_file(dir.path(), "holder.pid").exists());
 }
 
+/// The fixture with no `path`: its PID file is the default one, the same
+/// for every test of this file, so those tests take turns.
+static DEFAULT_PATH_USERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn configured(dir: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fixture-configured"));
     command
         .current_dir(dir)
-        .env("XDG_RUNTIME_DIR", dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     command
 }
 
+/// What SPEC §3 promises for the user running the tests.
+fn default_pid_file() -> std::path::PathBuf {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        "/run/fixture-configured.pid".into()
+    } else {
+        format!("/tmp/fixture-configured-{uid}.pid").into()
+    }
+}
+
+fn take_turn() -> std::sync::MutexGuard<'static, ()> {
+    let turn = DEFAULT_PATH_USERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // A run killed half-way may have left it; a stale file would only add
+    // a warning, but the tests below read stderr exactly.
+    let _ = std::fs::remove_file(default_pid_file());
+    turn
+}
+
 #[test]
-fn default_path_is_in_xdg_runtime_dir_named_after_the_binary() {
+fn default_path_comes_from_the_uid_and_the_binary_name() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let mut command = configured(dir.path());
     command.arg("hold");
     let running = start(command);
-    let expected = dir.path().join("fixture-configured.pid");
-    assert_eq!(read(&expected), format!("{}\n", running.pid()));
+    assert_eq!(read(&default_pid_file()), format!("{}\n", running.pid()));
 }
 
+/// A login shell, cron, `sudo -u` and a service start the same program with
+/// different environments and working directories: they must find the same
+/// file, or two instances run.
 #[test]
-fn default_path_without_xdg_runtime_dir_is_in_temp_dir_with_uid() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut command = configured(dir.path());
-    command
-        .env_remove("XDG_RUNTIME_DIR")
-        .env("TMPDIR", dir.path())
+fn default_path_does_not_depend_on_the_launching_environment() {
+    let _turn = take_turn();
+    let first_dir = tempfile::tempdir().unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut first = configured(first_dir.path());
+    first
+        .env("XDG_RUNTIME_DIR", first_dir.path())
+        .env("TMPDIR", first_dir.path())
+        .env("RUNTIME_DIRECTORY", first_dir.path())
         .arg("hold");
+    let _first = start(first);
+    let mut second = configured(other_dir.path());
+    second
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("RUNTIME_DIRECTORY")
+        .env("TMPDIR", other_dir.path());
+    let (status, stderr) = run(second);
+    assert_eq!(status.code(), Some(75), "a second instance ran:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("PID file: {}", default_pid_file().display())),
+        "{stderr}"
+    );
+}
+
+/// Two users of one machine never share the default file.
+#[test]
+fn default_path_of_another_user_carries_its_uid() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root, which this test needs to switch users"
+        );
+        eprintln!("skipped: needs root to run the fixture as another user");
+        return;
+    }
+    let _turn = take_turn();
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_fixture-configured"))
+        .arg("hold")
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let running = start(command);
-    let uid = nix::unistd::getuid();
-    let expected = dir.path().join(format!("fixture-configured-{uid}.pid"));
-    assert_eq!(read(&expected), format!("{}\n", running.pid()));
+    let theirs = std::path::Path::new("/tmp/fixture-configured-65534.pid");
+    assert_eq!(read(theirs), format!("{}\n", running.pid()));
+    // Root's own default file is another one, and free.
+    let (status, stderr) = run(configured(dir.path()));
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    drop(running);
+    let _ = std::fs::remove_file(theirs);
 }
 
 #[test]
 fn exit_code_key_sets_the_status_of_the_refused_instance() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let mut command = configured(dir.path());
     command.arg("hold");
@@ -185,14 +250,16 @@ fn exit_code_key_sets_the_status_of_the_refused_instance() {
 
 #[test]
 fn exit_code_return_value_passes_through() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let (status, stderr) = run(configured(dir.path()));
     assert_eq!(status.code(), Some(3), "{stderr}");
-    assert!(!dir.path().join("fixture-configured.pid").exists());
+    assert!(!default_pid_file().exists());
 }
 
 #[test]
 fn signals_none_installs_no_handler_so_sigterm_leaves_the_file() {
+    let _turn = take_turn();
     let dir = tempfile::tempdir().unwrap();
     let mut command = configured(dir.path());
     command.arg("hold");
@@ -201,7 +268,8 @@ fn signals_none_installs_no_handler_so_sigterm_leaves_the_file() {
     let (status, _) = running.finish();
     assert!(killed_by(status, Signal::SIGTERM));
     // No handler ran: the file stays, for the next start to take over as stale.
-    assert!(dir.path().join("fixture-configured.pid").exists());
+    assert!(default_pid_file().exists());
+    let _ = std::fs::remove_file(default_pid_file());
 }
 
 fn tokio_fixture(exe: &str, dir: &std::path::Path) -> (std::process::ExitStatus, String) {

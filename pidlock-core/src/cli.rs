@@ -180,15 +180,22 @@ fn fail(error: &crate::Error) -> u8 {
 
 fn describe_holder(holder: &Holder) -> String {
     match holder {
-        Holder::Kernel { pid, others } if others.is_empty() => {
-            format!("PID {pid}, verified with the kernel")
-        }
-        Holder::Kernel { pid, others } => {
-            let others: Vec<String> = others.iter().map(Pid::to_string).collect();
-            format!(
-                "PID {pid}, verified with the kernel; sharing its lock: PID {}",
-                others.join(", ")
-            )
+        Holder::Kernel {
+            pid,
+            others,
+            ns_pid,
+        } => {
+            let mut text = format!("PID {pid}, verified with the kernel");
+            if let Some(ns_pid) = ns_pid {
+                text.push_str(&format!(
+                    "; it calls itself PID {ns_pid}: another PID namespace, e.g. a container"
+                ));
+            }
+            if !others.is_empty() {
+                let others: Vec<String> = others.iter().map(Pid::to_string).collect();
+                text.push_str(&format!("; sharing its lock: PID {}", others.join(", ")));
+            }
+            text
         }
         Holder::File(pid) => format!(
             "PID unknown: no process here can be verified as the holder; the PID file says {pid}"

@@ -8,28 +8,40 @@ use std::time::Duration;
 use crate::backend::{Backend, Held};
 use crate::error::{Error, Result};
 use crate::lockfile::PidLock;
-use crate::messages::{self, Level};
+use crate::messages::{self, Level, LogLevel};
 use crate::policy::OnConflict;
 use crate::signals::Signals;
 
 /// Where a program's PID file goes when the attribute names no `path`:
-/// `$XDG_RUNTIME_DIR/<name>.pid` when that is set (to an absolute path, as
-/// the XDG spec requires), else `<temp dir>/<name>-<uid>.pid` so that two
-/// users of one machine do not share it.
+/// for root `/run/<name>.pid` (`/var/run` outside Linux), for any other user
+/// `/tmp/<name>-<uid>.pid`.
+///
+/// It depends on the user id and the name only, never on the launching
+/// environment (`XDG_RUNTIME_DIR`, `TMPDIR`, `RUNTIME_DIRECTORY`, the working
+/// directory): a copy started from a login shell, from cron, with `sudo -u`
+/// or as a service of the same user finds the same file (SPEC §3). A service
+/// with a private `/tmp` (systemd's `PrivateTmp=yes`) sees another `/tmp`:
+/// give such a program an absolute `path`. In the shared `/tmp`, a file that
+/// another user planted at the path is refused, never used.
 ///
 /// ```
 /// let path = pidlock_core::default_path("bot");
 /// let name = path.file_name().unwrap().to_str().unwrap();
 /// assert!(name == "bot.pid" || name.starts_with("bot-"));
+/// assert!(path.is_absolute());
 /// ```
 #[must_use]
 pub fn default_path(name: &str) -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| Path::new(dir).is_absolute()) {
-        Some(dir) => PathBuf::from(dir).join(format!("{name}.pid")),
-        None => {
-            let uid = nix::unistd::getuid();
-            std::env::temp_dir().join(format!("{name}-{uid}.pid"))
-        }
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        let run = if cfg!(target_os = "linux") {
+            "/run"
+        } else {
+            "/var/run"
+        };
+        Path::new(run).join(format!("{name}.pid"))
+    } else {
+        Path::new("/tmp").join(format!("{name}-{uid}.pid"))
     }
 }
 
@@ -43,6 +55,7 @@ pub struct Entry {
     exit_code: u8,
     hint: Option<&'static str>,
     signals: Signals,
+    log_level: LogLevel,
     on_conflict: OnConflict,
     /// `url` and `key`: the lock across hosts.
     remote_url: Option<String>,
@@ -60,6 +73,7 @@ impl Entry {
             exit_code: 1,
             hint: None,
             signals: Signals::Auto,
+            log_level: LogLevel::Info,
             on_conflict: OnConflict::Exit,
             remote_url: None,
             remote_key: None,
@@ -124,6 +138,12 @@ impl Entry {
         self
     }
 
+    /// `log = "..."`.
+    pub fn log_level(mut self, log_level: LogLevel) -> Self {
+        self.log_level = log_level;
+        self
+    }
+
     /// Takes every lock or ends the process with the exit code after printing
     /// why (SPEC §6).
     pub fn acquire_or_exit(self) -> InstanceGuard {
@@ -143,6 +163,7 @@ impl Entry {
         if self.remote_url.is_none() || self.path.is_some() || self.env.is_some() {
             let local = PidLock::new(self.resolve_path()?)
                 .signals(self.signals)
+                .log_level(self.log_level)
                 .on_conflict(self.on_conflict);
             held.push(Backend::acquire(&local)?);
         }
@@ -156,7 +177,9 @@ impl Entry {
     #[cfg(feature = "postgres")]
     fn remote(&self, url: &str) -> Result<Box<dyn Held>> {
         let key = self.remote_key.as_deref().unwrap_or(self.name);
-        let remote = crate::postgres::PgLock::new(url, key).on_conflict(self.on_conflict);
+        let remote = crate::postgres::PgLock::new(url, key)
+            .on_conflict(self.on_conflict)
+            .quiet(self.log_level.effective() != LogLevel::Info);
         Backend::acquire(&remote)
     }
 

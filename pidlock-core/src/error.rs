@@ -28,6 +28,10 @@ pub enum Holder {
         /// Other processes that share the same lock, like a daemon's
         /// forked workers, in ascending order.
         others: Vec<Pid>,
+        /// The PID the holder has in its own PID namespace, when that is
+        /// not `pid`: it runs in a container (it calls itself, and wrote,
+        /// this PID; often 1).
+        ns_pid: Option<Pid>,
     },
     /// The lock is held, but no visible process could be verified as its
     /// holder (another user's process, another PID namespace, or a system
@@ -62,7 +66,7 @@ impl Holder {
     #[must_use]
     pub fn verified_pids(&self) -> Vec<Pid> {
         match self {
-            Self::Kernel { pid, others } => std::iter::once(*pid)
+            Self::Kernel { pid, others, .. } => std::iter::once(*pid)
                 .chain(others.iter().copied())
                 .collect(),
             Self::File(_) | Self::Unknown => Vec::new(),
@@ -73,15 +77,25 @@ impl Holder {
 impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Kernel { pid, others } => {
+            Self::Kernel {
+                pid,
+                others,
+                ns_pid,
+            } => {
                 write!(f, "PID: {pid}")?;
+                if let Some(ns_pid) = ns_pid {
+                    write!(
+                        f,
+                        " here; it calls itself PID {ns_pid}: another PID namespace, e.g. a container"
+                    )?;
+                }
                 if !others.is_empty() {
                     let others: Vec<String> = others.iter().map(Pid::to_string).collect();
                     write!(f, "; its lock is shared with PID {}", others.join(", "))?;
                 }
                 Ok(())
             }
-            Self::File(pid) => write!(f, "PID unknown; the PID file says {pid}"),
+            Self::File(pid) => write!(f, "PID: {pid} per its PID file, not verified"),
             Self::Unknown => f.write_str("PID unknown"),
         }
     }
@@ -166,6 +180,22 @@ pub enum Error {
         key: String,
         /// What went wrong, in words.
         reason: String,
+    },
+    /// The PID file exists and belongs to another user: it is not ours to
+    /// write (and nobody holds its lock).
+    ForeignOwner {
+        /// The PID file.
+        path: PathBuf,
+        /// Its owner, as `name (uid N)`.
+        owner: String,
+    },
+    /// The PID file has more than one name (a hard link): writing it would
+    /// write a file elsewhere too.
+    HardLinked {
+        /// The PID file.
+        path: PathBuf,
+        /// How many names it has.
+        links: u64,
     },
     /// This very process already holds a lock on this file (acquired twice).
     HeldByThisProcess {
@@ -273,6 +303,16 @@ impl fmt::Display for Error {
             Self::HeldByThisProcess { path } => write!(
                 f,
                 "{} is already held by this process (acquired twice)",
+                path.display()
+            ),
+            Self::ForeignOwner { path, owner } => write!(
+                f,
+                "refusing to use {}: it belongs to user {owner}, not to the user this program runs as; remove it or run the program as that user",
+                path.display()
+            ),
+            Self::HardLinked { path, links } => write!(
+                f,
+                "refusing to use {}: it has {links} names (hard links), so writing it would change another file too; remove it",
                 path.display()
             ),
             Self::PreviousOwnerRunning { path, pid } => write!(

@@ -27,28 +27,32 @@
 //! that carries on after its parent exited. The owner is a shared atomic cell,
 //! read with `getpid()` (async-signal-safe) wherever a file would be removed.
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::os::fd::{BorrowedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::ptr;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use crate::lockfile::{Identity, unlink_if_ours};
-use crate::messages::RELEASE_LINES;
 
 const SLOTS: usize = 8;
 
-struct Registration {
-    dir: RawFd,
-    /// The locked descriptor, for [`crate::restart`].
-    file: RawFd,
-    name: CString,
-    identity: Identity,
-    owner: Arc<Owner>,
+/// What the exit paths need to remove one held file.
+pub(crate) struct Registration {
+    pub(crate) dir: RawFd,
+    /// The locked descriptor, for [`crate::restart`] and
+    /// [`crate::daemonized`].
+    pub(crate) file: RawFd,
+    pub(crate) name: CString,
+    pub(crate) identity: Identity,
+    pub(crate) owner: Arc<Owner>,
     /// For reports (never read in signal context).
-    path: PathBuf,
+    pub(crate) path: PathBuf,
+    /// The release lines, formatted when the lock was taken; `None` when the
+    /// program asked for quiet.
+    pub(crate) release_lines: Option<Box<[u8]>>,
 }
 
 /// The PID of the process that owns a lock: the one that acquired it, or the
@@ -95,15 +99,9 @@ static READERS: AtomicUsize = AtomicUsize::new(0);
 #[derive(Debug)]
 pub(crate) struct Ticket(Option<usize>);
 
-/// Records a held file. `dir` and `file` must stay open until [`unregister`].
-pub(crate) fn register(
-    dir: RawFd,
-    file: RawFd,
-    name: &CStr,
-    identity: Identity,
-    owner: &Arc<Owner>,
-    path: &Path,
-) -> Ticket {
+/// Records a held file. Its `dir` and `file` must stay open until
+/// [`unregister`].
+pub(crate) fn register(registration: Registration) -> Ticket {
     static AT_EXIT: Once = Once::new();
     AT_EXIT.call_once(|| {
         // SAFETY: `remove_on_exit` is an `extern "C" fn()` that never unwinds.
@@ -111,14 +109,7 @@ pub(crate) fn register(
         // `process::exit` path is simply not covered; nothing else changes.
         unsafe { nix::libc::atexit(remove_on_exit) };
     });
-    let registration = Box::into_raw(Box::new(Registration {
-        dir,
-        file,
-        name: name.to_owned(),
-        identity,
-        owner: Arc::clone(owner),
-        path: path.to_owned(),
-    }));
+    let registration = Box::into_raw(Box::new(registration));
     for (index, slot) in HELD.iter().enumerate() {
         if slot
             .compare_exchange(ptr::null_mut(), registration, SeqCst, SeqCst)
@@ -200,24 +191,27 @@ pub(crate) fn held_paths() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes every file this process owns that its path still names; returns
-/// whether any was removed. Inherited locks (a `fork()` child's) are left
-/// alone.
+/// Removes every file this process owns that its path still names, and
+/// writes the release lines of each removed file to stderr. Inherited locks
+/// (a `fork()` child's) are left alone.
 ///
 /// Async-signal-safe: atomics and `getpid`, then `fstatat` and `unlinkat` on
-/// a name that is already a C string.
-pub(crate) fn remove_held_files() -> bool {
-    let mut removed = false;
+/// a name that is already a C string, and `write(2)` of bytes formatted when
+/// the lock was taken.
+pub(crate) fn remove_held_files() {
     with_registrations(|registration| {
         if !registration.owner.is_current() {
             return false;
         }
         // SAFETY: the guard keeps `dir` open until after it unregisters.
         let dir = unsafe { BorrowedFd::borrow_raw(registration.dir) };
-        removed |= unlink_if_ours(dir, &registration.name, registration.identity) == Ok(true);
+        if unlink_if_ours(dir, &registration.name, registration.identity) == Ok(true)
+            && let Some(lines) = &registration.release_lines
+        {
+            write_stderr(lines);
+        }
         false
     });
-    removed
 }
 
 /// Calls `visit` on each registration until it returns true.
@@ -237,18 +231,17 @@ fn with_registrations(mut visit: impl FnMut(&Registration) -> bool) -> bool {
     found
 }
 
-/// Writes the SPEC §6 release lines without formatting or allocating.
-pub(crate) fn announce_release() {
-    // SAFETY: fd 2 is only borrowed for one write; if it is closed the write fails harmlessly.
-    let stderr = unsafe { BorrowedFd::borrow_raw(2) };
-    let _ = nix::unistd::write(stderr, RELEASE_LINES);
+/// Writes `bytes` to fd 2 with the raw system call: no formatting, no
+/// allocation, no lock, and no borrowed descriptor that may be closed (a
+/// closed fd 2 just fails with `EBADF`).
+fn write_stderr(bytes: &[u8]) {
+    // SAFETY: `bytes` is valid for reads of its length during the call.
+    let _ = unsafe { nix::libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
 }
 
 /// `atexit` handler: `std::process::exit` from any thread skips the guards'
 /// destructors, so the files are removed here. After `main` returns normally
 /// the guards are already gone and this finds nothing.
 extern "C" fn remove_on_exit() {
-    if remove_held_files() {
-        announce_release();
-    }
+    remove_held_files();
 }

@@ -41,8 +41,21 @@ impl Holders {
         let Some(&lowest) = self.exclusive.first() else {
             return file_pid.map_or(Holder::Unknown, Holder::File);
         };
+        // The holder the file names: by our number, or by the number it has
+        // in its own PID namespace (a container's PID 1).
         let pid = file_pid
-            .filter(|named| self.exclusive.contains(named))
+            .and_then(|named| {
+                self.exclusive
+                    .iter()
+                    .copied()
+                    .find(|&pid| pid == named)
+                    .or_else(|| {
+                        self.exclusive
+                            .iter()
+                            .copied()
+                            .find(|&pid| own_namespace_pid(pid) == Some(named))
+                    })
+            })
             .unwrap_or(lowest);
         let others = self
             .exclusive
@@ -50,8 +63,33 @@ impl Holders {
             .copied()
             .filter(|&other| other != pid)
             .collect();
-        Holder::Kernel { pid, others }
+        let ns_pid = own_namespace_pid(pid).filter(|&inner| inner != pid);
+        Holder::Kernel {
+            pid,
+            others,
+            ns_pid,
+        }
     }
+}
+
+/// The PID `pid` has in its own (innermost) PID namespace: the last number
+/// of the `NSpid:` line of `/proc/<pid>/status`.
+#[cfg(target_os = "linux")]
+fn own_namespace_pid(pid: Pid) -> Option<Pid> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))?;
+    line.split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+        .and_then(Pid::new)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn own_namespace_pid(_pid: Pid) -> Option<Pid> {
+    None
 }
 
 /// Sends `signal` to `pid` if, at that moment, it holds the exclusive lock

@@ -82,6 +82,7 @@ pub use daemon::daemonized;
 pub use entry::default_path;
 pub use error::{Error, FileKind, Holder, Result};
 pub use lockfile::{PidFileGuard, PidLock, held_pid_files};
+pub use messages::{LogLevel, ParseLogLevelError};
 pub use ops::{Stopped, stop, wait_until_free};
 pub use pid::Pid;
 pub use pidlock_macros::single_instance;
@@ -98,5 +99,6 @@ pub use telegram::{InstanceConflictReport, is_instance_conflict};
 #[doc(hidden)]
 pub mod __private {
     pub use crate::entry::{Entry, InstanceGuard};
+    pub use crate::messages::LogLevel;
     pub use crate::signals::Signals;
 }

@@ -23,7 +23,7 @@ use crate::backend::{Backend, Held};
 use crate::error::{Error, FileKind, Result};
 use crate::exit_cleanup::{self, Owner};
 use crate::holders;
-use crate::messages;
+use crate::messages::{self, Level, LogLevel};
 use crate::pid::{self, Contents, Pid};
 use crate::policy::{Next, OnConflict, Resolver};
 use crate::restart;
@@ -69,7 +69,7 @@ pub struct PidLock {
     path: PathBuf,
     signals: Signals,
     on_conflict: OnConflict,
-    quiet: bool,
+    log_level: LogLevel,
 }
 
 impl PidLock {
@@ -80,7 +80,7 @@ impl PidLock {
             path: path.into(),
             signals: Signals::Auto,
             on_conflict: OnConflict::Exit,
-            quiet: false,
+            log_level: LogLevel::Info,
         }
     }
 
@@ -127,10 +127,22 @@ impl PidLock {
     }
 
     /// Turns off the INFO and WARNING lines of SPEC §6 (acquired, released,
-    /// stale, corrupted). Errors are returned, never printed, either way.
+    /// stale, corrupted): `quiet(true)` is `log_level(LogLevel::Error)`.
+    /// Errors are returned, never printed, either way.
     #[must_use]
-    pub fn quiet(mut self, quiet: bool) -> Self {
-        self.quiet = quiet;
+    pub fn quiet(self, quiet: bool) -> Self {
+        self.log_level(if quiet {
+            LogLevel::Error
+        } else {
+            LogLevel::Info
+        })
+    }
+
+    /// The least severe lines to print (default [`LogLevel::Info`]); the
+    /// `PIDLOCK_LOG` environment variable, when set, wins.
+    #[must_use]
+    pub fn log_level(mut self, log_level: LogLevel) -> Self {
+        self.log_level = log_level;
         self
     }
 
@@ -150,6 +162,13 @@ impl PidLock {
     /// [`Error::UnsafePath`] when the path is not a regular file, and
     /// [`Error::Io`] with the OS reason for everything else.
     pub fn acquire(&self) -> Result<PidFileGuard> {
+        if self.path.as_os_str().is_empty() {
+            return Err(Error::InvalidPath {
+                path: PathBuf::new(),
+                reason: "it is empty",
+            });
+        }
+        let log_level = self.log_level.effective();
         let path = std::path::absolute(&self.path).map_err(|source| Error::Io {
             path: self.path.clone(),
             action: "resolve the absolute path of",
@@ -160,31 +179,32 @@ impl PidLock {
         if self.signals == Signals::Auto {
             signals::install();
         }
+        let announce = log_level.shows(Level::Info);
         if let Some(adopted) = restart::adopt(dir.as_fd(), &name) {
-            let mut guard = PidFileGuard::new(path, dir, name, adopted);
-            if !self.quiet {
-                messages::kept_across_restart(guard.pid());
-                guard.announce = true;
+            let guard = PidFileGuard::new(path, dir, name, adopted, announce);
+            if announce {
+                messages::kept_across_restart(guard.pid(), &guard.path);
             }
             return Ok(guard);
         }
-        let mut resolver = Resolver::new(self.on_conflict, &path, self.quiet);
+        let mut resolver = Resolver::new(self.on_conflict, &path, log_level);
         let locked = lock_file(&dir, &name, &path, &mut resolver)?;
         let previous = if locked.created {
             None
         } else {
             Some(read_contents(locked.file.as_fd(), &locked.stat, &path)?)
         };
-        let mut guard = PidFileGuard::new(path, dir, name, locked);
+        let mut guard = PidFileGuard::new(path, dir, name, locked, announce);
         guard.write_pid()?;
-        if !self.quiet {
+        if log_level.shows(Level::Warning) {
             match previous {
-                Some(Contents::Pid(old)) => messages::stale(old, old.is_alive()),
+                Some(Contents::Pid(old)) => messages::stale(&guard.path, old, old.is_alive()),
                 Some(Contents::Corrupted(quote)) => messages::corrupted(&guard.path, &quote),
                 None => {}
             }
-            messages::acquired(guard.pid());
-            guard.announce = true;
+        }
+        if announce {
+            messages::acquired(guard.pid(), &guard.path);
         }
         Ok(guard)
     }
@@ -222,17 +242,18 @@ pub struct PidFileGuard {
 }
 
 impl PidFileGuard {
-    fn new(path: PathBuf, dir: OwnedFd, name: CString, locked: Locked) -> Self {
+    fn new(path: PathBuf, dir: OwnedFd, name: CString, locked: Locked, announce: bool) -> Self {
         let identity = Identity::of(&locked.stat);
         let owner = Owner::current();
-        let cleanup = exit_cleanup::register(
-            dir.as_raw_fd(),
-            locked.file.as_raw_fd(),
-            &name,
+        let cleanup = exit_cleanup::register(exit_cleanup::Registration {
+            dir: dir.as_raw_fd(),
+            file: locked.file.as_raw_fd(),
+            name: name.clone(),
             identity,
-            &owner,
-            &path,
-        );
+            owner: Arc::clone(&owner),
+            path: path.clone(),
+            release_lines: announce.then(|| messages::release_lines(&path)),
+        });
         Self {
             path,
             owner,
@@ -242,7 +263,7 @@ impl PidFileGuard {
             identity,
             size_when_locked: locked.stat.st_size,
             cleanup,
-            announce: false,
+            announce,
         }
     }
 
@@ -312,7 +333,7 @@ impl PidFileGuard {
         match removed {
             Ok(_) => {
                 if self.announce {
-                    messages::released();
+                    messages::released(&self.path);
                 }
                 Ok(())
             }
@@ -497,7 +518,11 @@ fn lock_file(
 ) -> Result<Locked> {
     let mut replaced = 0;
     while replaced < OPEN_ATTEMPTS {
-        let (file, created) = match open_file(dir.as_fd(), name, path) {
+        let Opened {
+            file,
+            created,
+            read_only,
+        } = match open_file(dir.as_fd(), name, path) {
             Ok(opened) => opened,
             // Removed between our O_EXCL attempt and the plain open: start again.
             Err(None) => {
@@ -536,49 +561,133 @@ fn lock_file(
         // Between our open and our lock, the previous holder may have removed
         // the file (we then hold a lock on an unlinked inode) or another
         // instance may have replaced it. Only a lock on the inode the path
-        // names now counts.
-        match fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(now) if Identity::of(&stat).same_file(&now) && stat.st_nlink > 0 => {
-                return Ok(Locked {
-                    file,
-                    stat,
-                    created,
-                });
+        // names now counts. What we read of it (size, links, owner, mode) is
+        // read now, under the lock, not before it.
+        let now = match fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(now) if Identity::of(&stat).same_file(&now) && now.st_nlink > 0 => now,
+            Ok(_) | Err(Errno::ENOENT) => {
+                replaced += 1;
+                continue;
             }
-            Ok(_) | Err(Errno::ENOENT) => replaced += 1,
             Err(errno) => return Err(Error::io(path, "inspect", errno)),
+        };
+        if !created {
+            check_not_foreign(&file, &now, path, read_only)?;
         }
+        return Ok(Locked {
+            file,
+            stat: now,
+            created,
+        });
     }
     Err(Error::Unstable {
         path: path.to_owned(),
     })
 }
 
+/// A file we did not create must be ours alone before we write to it
+/// (SPEC §10, "Other users and hostile files"): owned by the user we run
+/// as, and with no other name (a hard link planted at the path would make
+/// us overwrite the file it points to). A reused file's mode is set back to
+/// 0644, so nobody else can write the PID that tools will signal.
+// `nlink_t` is u64 on Linux/x86_64 and narrower elsewhere.
+#[allow(clippy::useless_conversion)]
+fn check_not_foreign(file: &OwnedFd, now: &FileStat, path: &Path, read_only: bool) -> Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    if now.st_uid != me {
+        return Err(Error::ForeignOwner {
+            path: path.to_owned(),
+            owner: messages::user_name(now.st_uid),
+        });
+    }
+    if now.st_nlink > 1 {
+        return Err(Error::HardLinked {
+            path: path.to_owned(),
+            links: u64::from(now.st_nlink),
+        });
+    }
+    if read_only {
+        // Ours, but not writable to us (mode 0444?): say so.
+        return Err(Error::io(path, "open for writing", Errno::EACCES));
+    }
+    if now.st_mode & 0o7777 != 0o644 {
+        nix::sys::stat::fchmod(file, Mode::from_bits_truncate(0o644))
+            .map_err(|errno| Error::io(path, "set the mode of", errno))?;
+    }
+    Ok(())
+}
+
 /// Opens the PID file, creating it if absent. `Err(None)` means "vanished
 /// under us, try again".
 ///
 /// `O_CREAT | O_EXCL` first tells us, without another system call, whether the
-/// file is new (nothing to read) or was left behind (stale or corrupted).
-/// `O_NOFOLLOW` refuses a symlink; `O_NONBLOCK` keeps a FIFO from blocking the
-/// open; `O_CLOEXEC` keeps children from inheriting the lock.
+/// file is new (nothing to read) or was left behind (stale or corrupted). An
+/// existing path is looked at before it is opened: a device is never opened
+/// (opening one can have effects), and `O_NOCTTY` keeps a terminal swapped in
+/// at the last moment from becoming ours. `O_NOFOLLOW` refuses a symlink;
+/// `O_NONBLOCK` keeps a FIFO from blocking the open; `O_CLOEXEC` keeps
+/// children from inheriting the lock. A file we may not write (another
+/// user's) is opened read-only: enough to lock it and learn whether its
+/// instance runs, which is what the user needs to hear.
 fn open_file(
     dir: BorrowedFd<'_>,
     name: &CStr,
     path: &Path,
-) -> std::result::Result<(OwnedFd, bool), Option<Error>> {
-    let flags = OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK;
+) -> std::result::Result<Opened, Option<Error>> {
+    let flags =
+        OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
     let create = flags | OFlag::O_CREAT | OFlag::O_EXCL;
     let mode = Mode::from_bits_truncate(0o644);
     match retry_eintr(|| openat(dir, name, create, mode)) {
-        Ok(file) => return Ok((file, true)),
+        Ok(file) => {
+            return Ok(Opened {
+                file,
+                created: true,
+                read_only: false,
+            });
+        }
         Err(Errno::EEXIST) => {}
         Err(errno) => return Err(Some(open_error(dir, name, path, "create", errno))),
     }
-    match retry_eintr(|| openat(dir, name, flags, Mode::empty())) {
-        Ok(file) => Ok((file, false)),
-        Err(Errno::ENOENT) => Err(None),
-        Err(errno) => Err(Some(open_error(dir, name, path, "open", errno))),
+    match fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(existing) => {
+            if let Some(kind) = unsafe_kind(&existing) {
+                return Err(Some(Error::UnsafePath {
+                    path: path.to_owned(),
+                    kind,
+                }));
+            }
+        }
+        Err(Errno::ENOENT) => return Err(None),
+        Err(errno) => return Err(Some(Error::io(path, "inspect", errno))),
     }
+    let (file, read_only) = match retry_eintr(|| openat(dir, name, flags, Mode::empty())) {
+        Ok(file) => (file, false),
+        Err(Errno::EACCES) => {
+            let read_only = (flags - OFlag::O_RDWR) | OFlag::O_RDONLY;
+            match retry_eintr(|| openat(dir, name, read_only, Mode::empty())) {
+                Ok(file) => (file, true),
+                Err(Errno::ENOENT) => return Err(None),
+                Err(errno) => return Err(Some(open_error(dir, name, path, "open", errno))),
+            }
+        }
+        Err(Errno::ENOENT) => return Err(None),
+        Err(errno) => return Err(Some(open_error(dir, name, path, "open", errno))),
+    };
+    Ok(Opened {
+        file,
+        created: false,
+        read_only,
+    })
+}
+
+/// A PID file just opened.
+struct Opened {
+    file: OwnedFd,
+    /// We created it, so it holds nothing to report on and is ours.
+    created: bool,
+    /// We may not write it: it is not ours, or not writable.
+    read_only: bool,
 }
 
 /// Explains a failed open: a symlink (`ELOOP`, `EMLINK` on FreeBSD), a

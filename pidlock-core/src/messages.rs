@@ -1,13 +1,20 @@
-//! Every message pidlock prints (SPEC §6), and where it goes.
+//! Every message pidlock prints (SPEC §6), and where it goes (SPEC §10,
+//! "Messages and loggers").
 //!
-//! Messages always go to stderr: the lock is taken before the program's logger
-//! is usually set up, and a conflict must be seen even then. With the `log` or
-//! `tracing` feature they are also emitted as records with target `pidlock`.
-//! Each message is formatted once and written with a single `write` so lines
-//! from concurrent processes on a shared terminal do not interleave.
+//! A message goes to exactly one place: the installed `tracing` subscriber
+//! (the `tracing` feature), else the installed `log` logger (the `log`
+//! feature), else stderr — which is where it goes before the program sets
+//! up its logger, as it usually does after the lock is taken. Each stderr
+//! message is formatted once and written with a single `write` so lines from
+//! concurrent processes on a shared terminal do not interleave.
+//!
+//! INFO and WARNING lines can be quieted ([`LogLevel`]: the attribute's
+//! `log` key, [`PidLock::log_level`](crate::PidLock::log_level), or
+//! `PIDLOCK_LOG=warn|error` in the environment); errors are always shown.
 
 use std::io::Write;
 use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -35,49 +42,151 @@ impl Level {
     }
 }
 
-/// Writes `text` to stderr as `LEVEL - text`, and to `log`/`tracing` when enabled.
+/// The least severe messages pidlock shows. Errors are always shown.
+///
+/// The environment variable `PIDLOCK_LOG` (`info`, `warn`, `error`), when set
+/// to one of these, wins over what the program configured, so an operator
+/// can quiet (or bring back) the lines without a rebuild.
+///
+/// ```
+/// use pidlock_core::{LogLevel, PidLock};
+///
+/// // Only warnings (stale or corrupted file) and errors:
+/// let lock = PidLock::new("/tmp/example-quiet.pid").log_level(LogLevel::Warn);
+/// # let _ = lock;
+/// assert_eq!("warn".parse::<LogLevel>(), Ok(LogLevel::Warn));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogLevel {
+    /// Everything: acquired, released, waiting, and the warnings (the default).
+    #[default]
+    Info,
+    /// Warnings (stale or corrupted file, taking over) and errors.
+    Warn,
+    /// Errors only.
+    Error,
+}
+
+impl LogLevel {
+    /// The environment variable that overrides the configured level.
+    pub const ENV: &'static str = "PIDLOCK_LOG";
+
+    /// This level, unless `PIDLOCK_LOG` names another.
+    pub(crate) fn effective(self) -> Self {
+        std::env::var(Self::ENV)
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(self)
+    }
+
+    /// Whether a message at `level` is shown.
+    pub(crate) fn shows(self, level: Level) -> bool {
+        match level {
+            Level::Error => true,
+            Level::Warning => self <= Self::Warn,
+            Level::Info => self == Self::Info,
+        }
+    }
+}
+
+/// The error of parsing a [`LogLevel`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParseLogLevelError;
+
+impl std::fmt::Display for ParseLogLevelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("expected one of: info, warn, error")
+    }
+}
+
+impl std::error::Error for ParseLogLevelError {}
+
+impl FromStr for LogLevel {
+    type Err = ParseLogLevelError;
+
+    /// `info`, `warn` (or `warning`), `error`, in any case.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "info" => Ok(Self::Info),
+            "warn" | "warning" => Ok(Self::Warn),
+            "error" => Ok(Self::Error),
+            _ => Err(ParseLogLevelError),
+        }
+    }
+}
+
+/// Writes `text` at `level` to the installed subscriber or logger if there
+/// is one, else to stderr as `LEVEL - text`.
 pub(crate) fn emit(level: Level, text: &str) {
+    if forward(level, text) {
+        return;
+    }
     let line = format!("{} - {text}\n", level.label());
     // Nothing sensible can be done if stderr is closed; the lock still works.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
-    forward(level, text);
 }
 
+/// Hands the message to `tracing` if a subscriber is installed (globally or
+/// for this thread).
+#[cfg(feature = "tracing")]
+fn forward_tracing(level: Level, text: &str) -> bool {
+    let installed = tracing::dispatcher::get_default(|dispatch| {
+        !dispatch.is::<tracing::subscriber::NoSubscriber>()
+    });
+    if installed {
+        match level {
+            Level::Error => tracing::error!(target: "pidlock", "{text}"),
+            Level::Warning => tracing::warn!(target: "pidlock", "{text}"),
+            Level::Info => tracing::info!(target: "pidlock", "{text}"),
+        }
+    }
+    installed
+}
+
+/// Hands the message to `log` if a logger is installed: `log` offers no way
+/// to ask, but its maximum level stays `Off` until a logger sets it.
 #[cfg(feature = "log")]
-fn forward_log(level: Level, text: &str) {
+fn forward_log(level: Level, text: &str) -> bool {
+    if log::max_level() == log::LevelFilter::Off {
+        return false;
+    }
     let level = match level {
         Level::Error => log::Level::Error,
         Level::Warning => log::Level::Warn,
         Level::Info => log::Level::Info,
     };
     log::log!(target: "pidlock", level, "{text}");
+    true
 }
 
-#[cfg(feature = "tracing")]
-fn forward_tracing(level: Level, text: &str) {
-    match level {
-        Level::Error => tracing::error!(target: "pidlock", "{text}"),
-        Level::Warning => tracing::warn!(target: "pidlock", "{text}"),
-        Level::Info => tracing::info!(target: "pidlock", "{text}"),
-    }
-}
-
+/// True if a logger took the message.
 #[allow(unused_variables)] // without either feature there is nowhere to forward to
-fn forward(level: Level, text: &str) {
-    #[cfg(feature = "log")]
-    forward_log(level, text);
+fn forward(level: Level, text: &str) -> bool {
     #[cfg(feature = "tracing")]
-    forward_tracing(level, text);
+    if forward_tracing(level, text) {
+        return true;
+    }
+    #[cfg(feature = "log")]
+    if forward_log(level, text) {
+        return true;
+    }
+    false
 }
 
-pub(crate) fn acquired(pid: Pid) {
-    emit(Level::Info, &format!("PID file lock acquired (PID: {pid})"));
-}
-
-pub(crate) fn kept_across_restart(pid: Pid) {
+pub(crate) fn acquired(pid: Pid, path: &Path) {
     emit(
         Level::Info,
-        &format!("PID file lock kept across restart (PID: {pid})"),
+        &format!("PID file lock acquired (PID: {pid}): {}", path.display()),
+    );
+}
+
+pub(crate) fn kept_across_restart(pid: Pid, path: &Path) {
+    emit(
+        Level::Info,
+        &format!(
+            "PID file lock kept across restart (PID: {pid}): {}",
+            path.display()
+        ),
     );
 }
 
@@ -95,24 +204,38 @@ pub(crate) fn releasing() {
     emit(Level::Info, "Releasing PID lock...");
 }
 
-pub(crate) fn released() {
-    emit(Level::Info, "PID file lock released");
+pub(crate) fn released(path: &Path) {
+    emit(
+        Level::Info,
+        &format!("PID file lock released: {}", path.display()),
+    );
 }
 
-/// The two release lines as one constant, for the exit paths that cannot
-/// format or allocate (signal handlers, `atexit`).
-pub(crate) const RELEASE_LINES: &[u8] =
-    b"INFO - Releasing PID lock...\nINFO - PID file lock released\n";
+/// The two release lines for `path`, prepared when the lock is taken, for
+/// the exit paths that cannot format or allocate (signal handlers,
+/// `atexit`): they go to stderr as they are.
+pub(crate) fn release_lines(path: &Path) -> Box<[u8]> {
+    format!(
+        "INFO - Releasing PID lock...\nINFO - PID file lock released: {}\n",
+        path.display()
+    )
+    .into_bytes()
+    .into_boxed_slice()
+}
 
-pub(crate) fn stale(pid: Pid, alive: bool) {
+pub(crate) fn stale(path: &Path, pid: Pid, alive: bool) {
     let text = if alive {
         // The PID was reused by an unrelated process: it is running, but it
         // does not hold the lock, so the file is still stale.
         format!(
-            "Found stale PID file (PID {pid} is running but does not hold the lock). Removing..."
+            "Found stale PID file {} (PID {pid} is running but does not hold the lock). Removing...",
+            path.display()
         )
     } else {
-        format!("Found stale PID file (PID {pid} not running). Removing...")
+        format!(
+            "Found stale PID file {} (PID {pid} not running). Removing...",
+            path.display()
+        )
     };
     emit(Level::Warning, &text);
 }
@@ -216,7 +339,13 @@ fn sentence(text: &str) -> String {
 }
 
 fn conflict(headline: &str, path: &Path, holder: &Holder) -> String {
-    let mut text = format!("{headline}{INDENT}Only one instance can run at a time.");
+    let mut text = format!(
+        "{headline}{INDENT}Only one instance can run at a time.{INDENT}PID file: {}",
+        path.display()
+    );
+    if let Some(user) = foreign_owner(path) {
+        text.push_str(&format!(" (owned by user {user})"));
+    }
     match holder {
         // Only a verified PID is ever offered to `kill`.
         Holder::Kernel { pid, .. } => {
@@ -240,6 +369,24 @@ fn conflict(headline: &str, path: &Path, holder: &Holder) -> String {
     text
 }
 
+/// The owner of `path`, if it is not the user we run as: the instance is
+/// another user's.
+fn foreign_owner(path: &Path) -> Option<String> {
+    let owner = nix::sys::stat::stat(path).ok()?.st_uid;
+    if owner == nix::unistd::geteuid().as_raw() {
+        return None;
+    }
+    Some(user_name(owner))
+}
+
+/// `name (uid N)`, or `uid N` when the user database does not know it.
+pub(crate) fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("{} (uid {uid})", user.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,12 +398,14 @@ mod tests {
             holder: Holder::Kernel {
                 pid: Pid::new(12345).unwrap(),
                 others: Vec::new(),
+                ns_pid: None,
             },
         };
         assert_eq!(
             failure(&error, Some("Or use the /restart command from Telegram.")),
             "Another instance is already running (PID: 12345).\n\
              \x20       Only one instance can run at a time.\n\
+             \x20       PID file: data/bot.pid\n\
              \x20       To stop the existing instance:\n\
              \x20         kill 12345\n\
              \x20       Or use the /restart command from Telegram."
@@ -292,7 +441,7 @@ mod tests {
         let text = failure(&error, None);
         assert!(
             text.starts_with(
-                "Another instance is already running (PID unknown; the PID file says 1)."
+                "Another instance is already running (PID: 1 per its PID file, not verified)."
             ),
             "{text}"
         );

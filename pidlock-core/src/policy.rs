@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use crate::error::{Error, Holder, Result};
 use crate::holders::signal_verified;
 use crate::lockfile::Identity;
-use crate::messages;
+use crate::messages::{self, Level, LogLevel};
 use crate::pid::Pid;
 use crate::waiting::{self, Waited};
 
@@ -73,7 +73,7 @@ const RECHECK_AFTER: Duration = Duration::from_millis(20);
 pub(crate) struct Resolver<'a> {
     policy: OnConflict,
     path: &'a Path,
-    quiet: bool,
+    log_level: LogLevel,
     started: Instant,
     announced: bool,
     /// The holders we signalled (the whole instance: every process sharing
@@ -96,11 +96,11 @@ pub(crate) enum Next {
 }
 
 impl<'a> Resolver<'a> {
-    pub(crate) fn new(policy: OnConflict, path: &'a Path, quiet: bool) -> Self {
+    pub(crate) fn new(policy: OnConflict, path: &'a Path, log_level: LogLevel) -> Self {
         Self {
             policy,
             path,
-            quiet,
+            log_level,
             started: Instant::now(),
             announced: false,
             signalled: None,
@@ -124,7 +124,7 @@ impl<'a> Resolver<'a> {
         match self.policy {
             OnConflict::Exit => Err(conflict),
             OnConflict::Wait { timeout } => {
-                if !self.quiet && !self.announced {
+                if self.log_level.shows(Level::Info) && !self.announced {
                     messages::waiting(&holder, timeout);
                 }
                 self.announced = true;
@@ -201,7 +201,7 @@ impl<'a> Resolver<'a> {
                 return self.wait(file, Some(at + AFTER_SIGKILL), holder);
             }
         };
-        if !self.quiet {
+        if self.log_level.shows(Level::Warning) {
             messages::taking_over(main, signal, timeout);
         }
         // SIGTERM asks the instance to shut down (its main process stops its

@@ -23,7 +23,8 @@
 //! - [`exit_cleanup::remove_held_files`]: atomic loads and stores, `fstatat`
 //!   and `unlinkat` on names prepared as C strings when the lock was taken;
 //!   all async-signal-safe (POSIX.1-2008), no allocation, no locks.
-//! - `write(2, ...)` of a constant message: async-signal-safe.
+//! - `write(2, ...)` of the release lines formatted when the lock was taken:
+//!   async-signal-safe.
 //! - `sigaction(sig, SIG_DFL)`, `pthread_sigmask(SIG_UNBLOCK)`, `raise(sig)`:
 //!   async-signal-safe; the re-raised signal is delivered as soon as it is
 //!   unblocked, with the default action, so the process ends there.
@@ -153,9 +154,7 @@ extern "C" fn on_signal(raw: libc::c_int) {
         return;
     };
     if installed_handler(signal) == Some(our_handler()) {
-        if exit_cleanup::remove_held_files() {
-            exit_cleanup::announce_release();
-        }
+        exit_cleanup::remove_held_files();
         die_of(signal);
     }
     Errno::set_raw(saved_errno);

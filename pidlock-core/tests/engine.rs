@@ -128,7 +128,8 @@ fn an_existing_instance_is_reported_with_its_verified_pid() {
                 named,
                 Holder::Kernel {
                     pid: holder.pid(),
-                    others: Vec::new()
+                    others: Vec::new(),
+                    ns_pid: None
                 }
             );
         }
@@ -273,7 +274,8 @@ fn releasing_twice_is_a_no_op() {
         pidlock_core::status(&path).unwrap(),
         Status::Running(Holder::Kernel {
             pid: Pid::current(),
-            others: Vec::new()
+            others: Vec::new(),
+            ns_pid: None
         })
     );
 }
@@ -354,7 +356,8 @@ fn status_names_the_kernel_lock_owner_not_the_files_claim() {
         pidlock_core::status(&path).unwrap(),
         Status::Running(Holder::Kernel {
             pid: Pid::current(),
-            others: Vec::new()
+            others: Vec::new(),
+            ns_pid: None
         })
     );
 }

@@ -15,6 +15,7 @@ pub(crate) const KEYS: &[&str] = &[
     "timeout",
     "exit_code",
     "signals",
+    "log",
     "hint",
     "crate",
 ];
@@ -26,6 +27,8 @@ pub(crate) struct Config {
     pub(crate) env: Option<LitStr>,
     pub(crate) exit_code: Option<u8>,
     pub(crate) signals_none: bool,
+    /// `log = "info" | "warn" | "error"`, checked; `info` is the default.
+    pub(crate) log: Option<LitStr>,
     pub(crate) hint: Option<LitStr>,
     pub(crate) krate: Option<syn::Path>,
     pub(crate) url: Option<Expr>,
@@ -141,6 +144,16 @@ impl Config {
                 _ => Err(syn::Error::new_spanned(
                     &lit,
                     "expected signals = \"auto\" or \"none\"",
+                )),
+            }),
+            "log" => value.parse().map(|lit: LitStr| match lit.value().as_str() {
+                "info" | "warn" | "error" => {
+                    self.log = Some(lit);
+                    Ok(())
+                }
+                _ => Err(syn::Error::new_spanned(
+                    &lit,
+                    "expected log = \"info\", \"warn\" or \"error\" (errors are always shown)",
                 )),
             }),
             "url" => value.parse().map(|expr: Expr| {

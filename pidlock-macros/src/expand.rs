@@ -260,6 +260,14 @@ fn builder_calls(config: &Config, krate: &TokenStream) -> TokenStream {
     if config.signals_none {
         calls.extend(quote!(.signals(#krate::__private::Signals::None)));
     }
+    if let Some(level) = &config.log {
+        let level = match level.value().as_str() {
+            "warn" => quote!(Warn),
+            "error" => quote!(Error),
+            _ => quote!(Info),
+        };
+        calls.extend(quote!(.log_level(#krate::__private::LogLevel::#level)));
+    }
     calls
 }
 

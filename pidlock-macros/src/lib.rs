@@ -25,11 +25,15 @@ use proc_macro::TokenStream;
 ///
 /// | key | value | default |
 /// |---|---|---|
-/// | `path` | string literal or any expression yielding `impl AsRef<Path>` | `$XDG_RUNTIME_DIR/<bin>.pid`, else `<temp dir>/<bin>-<uid>.pid` |
+/// | `path` | string literal or any expression yielding `impl AsRef<Path>`; relative to the working directory | as root `/run/<bin>.pid`, else `/tmp/<bin>-<uid>.pid` |
 /// | `env` | name of a variable that, when set and non-empty, overrides `path` at run time | none |
-/// | `on_conflict` | `"exit"` | `"exit"` |
+/// | `on_conflict` | `"exit"`, `"wait"` (until the holder exits) or `"takeover"` (SIGTERM, then SIGKILL the verified holder) | `"exit"` |
+/// | `timeout` | for `wait` and `takeover`: `"500ms"`, `"30s"`, `"5m"` | `wait`: none; `takeover`: `"10s"` |
 /// | `exit_code` | exit status when the lock is not obtained, `0..=255` | `1` |
 /// | `signals` | `"auto"`: SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGABRT remove the file unless the program handles them; `"none"`: no signal handling | `"auto"` |
+/// | `log` | `"info"`, `"warn"` or `"error"`: the least severe lines printed (`PIDLOCK_LOG` in the environment wins) | `"info"` |
+/// | `url` | `postgres://…` (literal or expression): also take a PostgreSQL lock across hosts (the `postgres` feature) | none |
+/// | `key` | the PostgreSQL lock's name | the binary's name |
 /// | `hint` | an extra line for the conflict message | none |
 /// | `crate` | path of the runtime crate, when renamed | `"pidlock_core"` |
 ///

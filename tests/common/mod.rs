@@ -157,3 +157,11 @@ pub fn monotonic_ns() -> i128 {
         nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
     i128::from(now.tv_sec()) * 1_000_000_000 + i128::from(now.tv_nsec())
 }
+
+/// The two lines a release prints for `pid_file` (an absolute path).
+pub fn release_lines(pid_file: &Path) -> String {
+    format!(
+        "INFO - Releasing PID lock...\nINFO - PID file lock released: {}\n",
+        pid_file.display()
+    )
+}

@@ -126,9 +126,11 @@ fn telegram_guarded_second_bot_exits_1_and_telegram_sees_no_conflict() {
         format!(
             "ERROR - Another instance is already running (PID: {pid}).\n\
              \x20       Only one instance can run at a time.\n\
+             \x20       PID file: {}\n\
              \x20       To stop the existing instance:\n\
              \x20         kill {pid}\n\
-             \x20       Or use the /restart command from Telegram.\n"
+             \x20       Or use the /restart command from Telegram.\n",
+            pid_file.display()
         )
     );
 
@@ -290,7 +292,10 @@ fn telegram_ctrl_c_runs_the_graceful_shutdown_and_removes_the_pid_file() {
     );
     let stderr = bot.stderr();
     assert!(
-        stderr.ends_with("INFO - Releasing PID lock...\nINFO - PID file lock released\n"),
+        stderr.ends_with(&format!(
+            "INFO - Releasing PID lock...\nINFO - PID file lock released: {}\n",
+            pid_file.display()
+        )),
         "{stderr}"
     );
 }
