@@ -6,19 +6,18 @@
 //! cargo run --example bot        # in another: the conflict message, exit 1
 //! ```
 //!
-//! Stop it with Ctrl-C: the PID file `data/bot.pid` is removed.
+//! Stop it with Ctrl-C: the PID file `data/bot.pid` is removed. Under
+//! systemd (`examples/systemd/bot.service`) it reports the lock in
+//! `systemctl status` and is ready (`READY=1`) once it holds the lock.
 
-use std::time::Duration;
+#[path = "shared/bot_loop.rs"]
+mod bot_loop;
 
 #[pidlock_core::single_instance(
     path = "data/bot.pid",
-    hint = "Or use the /restart command from Telegram."
+    notify_ready = true,
+    hint = "Or stop it with: pidlock stop data/bot.pid"
 )]
 fn main() {
-    let pid = std::process::id();
-    for tick in 1.. {
-        // Where a real bot would call getUpdates.
-        println!("bot {pid}: polling for updates (tick {tick})");
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    bot_loop::poll_forever();
 }

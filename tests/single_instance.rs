@@ -51,7 +51,7 @@ fn second_instance_exits_1_naming_the_holder_with_kill_and_hint() {
              \x20       PID file: {}\n\
              \x20       To stop the existing instance:\n\
              \x20         kill {pid}\n\
-             \x20       Or use the /restart command from Telegram.\n",
+             \x20       Or stop it with: pidlock stop data/bot.pid\n",
             data_file(dir.path(), "bot.pid").display()
         )
     );

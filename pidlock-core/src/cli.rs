@@ -6,16 +6,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::{Holder, Pid, Status, Stopped};
+use crate::{Holder, Pid, Status, StopSignal, Stopped};
 
 const USAGE: &str = "\
 usage: pidlock status PATH
-       pidlock stop PATH [--timeout DURATION] [--kill]
+       pidlock stop PATH [--timeout DURATION] [--kill] [--signal INT]
        pidlock wait PATH [--timeout DURATION]
 
 status  exit 0: running; 1: not running but the PID file exists; 3: not running
-stop    SIGTERM to the process the kernel names as the holder, then wait
-        (default 10s); --kill sends SIGKILL if it is still there
+stop    SIGTERM (or --signal INT|HUP|QUIT) to the verified holder, then
+        wait (default 10s); --kill sends SIGKILL if it is still there
 wait    block until the lock is free; exit 1 if --timeout passes first
 DURATION is like 500ms, 30s, 5m";
 
@@ -48,6 +48,7 @@ enum Command {
         path: PathBuf,
         timeout: Duration,
         kill: bool,
+        signal: StopSignal,
     },
     Wait {
         path: PathBuf,
@@ -62,6 +63,7 @@ impl Command {
         let mut path = None;
         let mut timeout = None;
         let mut kill = false;
+        let mut signal = None;
         while let Some(arg) = args.next() {
             match arg.to_str() {
                 Some("--timeout") => {
@@ -73,6 +75,11 @@ impl Command {
                     );
                 }
                 Some("--kill") => kill = true,
+                Some("--signal") => {
+                    let value = args.next().ok_or("--signal needs a value")?;
+                    let value = value.to_str().ok_or("--signal is not text")?;
+                    signal = Some(value.parse::<StopSignal>()?);
+                }
                 Some(flag) if flag.starts_with("--") => {
                     return Err(format!("unknown option {flag}"));
                 }
@@ -82,13 +89,16 @@ impl Command {
         }
         let path = path.ok_or("no PATH given")?;
         match verb.to_str() {
-            Some("status") if timeout.is_none() && !kill => Ok(Self::Status(path)),
+            Some("status") if timeout.is_none() && !kill && signal.is_none() => {
+                Ok(Self::Status(path))
+            }
             Some("stop") => Ok(Self::Stop {
                 path,
                 timeout: timeout.unwrap_or(Duration::from_secs(10)),
                 kill,
+                signal: signal.unwrap_or_default(),
             }),
-            Some("wait") if !kill => Ok(Self::Wait { path, timeout }),
+            Some("wait") if !kill && signal.is_none() => Ok(Self::Wait { path, timeout }),
             Some("status" | "wait") => Err("option not valid for this command".to_owned()),
             _ => Err(format!("unknown command {verb:?}")),
         }
@@ -102,6 +112,9 @@ impl Command {
                     if holder.is_verified()
                         && let Some(pid) = holder.pid()
                     {
+                        // The line systemd shows as the holder's STATUS=.
+                        let absolute = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+                        println!("  {}", crate::messages::holding_status(pid, &absolute));
                         print_process(pid);
                     }
                     RUNNING
@@ -125,7 +138,8 @@ impl Command {
                 path,
                 timeout,
                 kill,
-            } => match crate::stop(&path, timeout, kill) {
+                signal,
+            } => match crate::stop_with(&path, signal, timeout, kill) {
                 Ok(Stopped::NotRunning) => {
                     println!("{}: not running", path.display());
                     0

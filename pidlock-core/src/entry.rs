@@ -9,8 +9,10 @@ use crate::backend::{Backend, Held};
 use crate::error::{Error, Result};
 use crate::lockfile::PidLock;
 use crate::messages::{self, Level, LogLevel};
+use crate::pid::Pid;
 use crate::policy::OnConflict;
 use crate::signals::Signals;
+use crate::systemd;
 
 /// Where a program's PID file goes when the attribute names no `path`:
 /// for root `/run/<name>.pid` (`/var/run` outside Linux), for any other user
@@ -56,6 +58,7 @@ pub struct Entry {
     hint: Option<&'static str>,
     signals: Signals,
     log_level: LogLevel,
+    notify_ready: bool,
     on_conflict: OnConflict,
     /// `url` and `key`: the lock across hosts.
     remote_url: Option<String>,
@@ -74,6 +77,7 @@ impl Entry {
             hint: None,
             signals: Signals::Auto,
             log_level: LogLevel::Info,
+            notify_ready: false,
             on_conflict: OnConflict::Exit,
             remote_url: None,
             remote_key: None,
@@ -147,31 +151,51 @@ impl Entry {
     /// Takes every lock or ends the process with the exit code after printing
     /// why (SPEC §6).
     pub fn acquire_or_exit(self) -> InstanceGuard {
+        // SAFETY: this is the first statement of `main` (the attribute puts
+        // it there, below any runtime attribute), before the program has
+        // started a thread that could read the environment.
+        unsafe { systemd::take_socket_from_env() };
         match self.acquire() {
             Ok(guard) => guard,
             Err(error) => {
                 messages::emit(Level::Error, &messages::failure(&error, self.hint));
+                systemd::notify(&format!("STATUS=Not started: {error}"));
                 std::process::exit(i32::from(self.exit_code));
             }
         }
+    }
+
+    /// `notify_ready = true`: send `READY=1` once every lock is held.
+    pub fn notify_ready(mut self, notify_ready: bool) -> Self {
+        self.notify_ready = notify_ready;
+        self
     }
 
     fn acquire(&self) -> Result<InstanceGuard> {
         // The local lock first: it is cheap, and it keeps a second copy on
         // this host from even connecting to the server.
         let mut held = Vec::with_capacity(2);
-        if self.remote_url.is_none() || self.path.is_some() || self.env.is_some() {
+        let remote = self.remote_url.is_some();
+        if !remote || self.path.is_some() || self.env.is_some() {
             let local = PidLock::new(self.resolve_path()?)
                 .signals(self.signals)
                 .log_level(self.log_level)
+                // With a remote lock to take too, ready means both are held.
+                .notify_ready(self.notify_ready && !remote)
                 .on_conflict(self.on_conflict);
             held.push(Backend::acquire(&local)?);
         }
         if let Some(url) = &self.remote_url {
             // On failure, the local lock is released by `held`'s drop.
             held.push(self.remote(url)?);
+            if self.notify_ready {
+                systemd::notify("READY=1");
+            }
         }
-        Ok(InstanceGuard { held })
+        Ok(InstanceGuard {
+            held,
+            owner: Pid::current(),
+        })
     }
 
     #[cfg(feature = "postgres")]
@@ -227,10 +251,16 @@ impl Entry {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct InstanceGuard {
     held: Vec<Box<dyn Held>>,
+    /// The process that took the locks; a `fork()` child's copy says nothing.
+    owner: Pid,
 }
 
 impl Drop for InstanceGuard {
     fn drop(&mut self) {
+        // `main` has returned: the program is ending.
+        if Pid::current() == self.owner {
+            systemd::notify("STOPPING=1\nSTATUS=Releasing the lock...");
+        }
         while let Some(lock) = self.held.pop() {
             drop(lock);
         }

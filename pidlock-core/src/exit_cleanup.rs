@@ -196,15 +196,21 @@ pub(crate) fn held_paths() -> Vec<PathBuf> {
 /// (a `fork()` child's) are left alone.
 ///
 /// Async-signal-safe: atomics and `getpid`, then `fstatat` and `unlinkat` on
-/// a name that is already a C string, and `write(2)` of bytes formatted when
-/// the lock was taken.
+/// a name that is already a C string, `write(2)` of bytes formatted when
+/// the lock was taken, and `send(2)` of `STOPPING=1` to the service manager
+/// (see [`crate::systemd::notify_stopping_raw`]).
 pub(crate) fn remove_held_files() {
+    let mut stopping_sent = false;
     with_registrations(|registration| {
         if !registration.owner.is_current() {
             return false;
         }
         // SAFETY: the guard keeps `dir` open until after it unregisters.
         let dir = unsafe { BorrowedFd::borrow_raw(registration.dir) };
+        if !stopping_sent {
+            crate::systemd::notify_stopping_raw();
+            stopping_sent = true;
+        }
         if unlink_if_ours(dir, &registration.name, registration.identity) == Ok(true)
             && let Some(lines) = &registration.release_lines
         {

@@ -75,6 +75,7 @@ mod process;
 mod restart;
 mod signals;
 mod status;
+mod systemd;
 mod telegram;
 mod waiting;
 
@@ -83,7 +84,7 @@ pub use entry::default_path;
 pub use error::{Error, FileKind, Holder, Result};
 pub use lockfile::{PidFileGuard, PidLock, held_pid_files};
 pub use messages::{LogLevel, ParseLogLevelError};
-pub use ops::{Stopped, stop, wait_until_free};
+pub use ops::{StopSignal, Stopped, stop, stop_with, wait_until_free};
 pub use pid::Pid;
 pub use pidlock_macros::single_instance;
 pub use policy::OnConflict;
@@ -92,6 +93,7 @@ pub use postgres::{LOST_LOCK_EXIT_CODE, PgGuard, PgLock, fencing_term};
 pub use restart::restart;
 pub use signals::Signals;
 pub use status::{Status, status};
+pub use systemd::notify_socket;
 pub use telegram::{InstanceConflictReport, is_instance_conflict};
 
 /// What `#[single_instance]` expands to. Not a public API: it changes with the

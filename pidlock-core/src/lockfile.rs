@@ -7,7 +7,7 @@
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ use crate::pid::{self, Contents, Pid};
 use crate::policy::{Next, OnConflict, Resolver};
 use crate::restart;
 use crate::signals::{self, Signals};
+use crate::systemd;
 
 /// How often we open, lock and find the path replaced before giving up. Each
 /// retry means another process removed or replaced the file between our open
@@ -70,6 +71,7 @@ pub struct PidLock {
     signals: Signals,
     on_conflict: OnConflict,
     log_level: LogLevel,
+    notify_ready: bool,
 }
 
 impl PidLock {
@@ -81,6 +83,7 @@ impl PidLock {
             signals: Signals::Auto,
             on_conflict: OnConflict::Exit,
             log_level: LogLevel::Info,
+            notify_ready: false,
         }
     }
 
@@ -146,6 +149,17 @@ impl PidLock {
         self
     }
 
+    /// Sends `READY=1` to the service manager (systemd's `Type=notify`)
+    /// once the lock is held, for a program whose readiness is holding the
+    /// lock. Off by default: most programs are ready later, and say so
+    /// themselves. `STATUS=` lines are sent either way when `NOTIFY_SOCKET`
+    /// is set, and nothing is sent when it is not.
+    #[must_use]
+    pub fn notify_ready(mut self, notify_ready: bool) -> Self {
+        self.notify_ready = notify_ready;
+        self
+    }
+
     /// The path as given.
     #[must_use]
     pub fn path(&self) -> &Path {
@@ -185,6 +199,7 @@ impl PidLock {
             if announce {
                 messages::kept_across_restart(guard.pid(), &guard.path);
             }
+            self.notify_held(&guard);
             return Ok(guard);
         }
         let mut resolver = Resolver::new(self.on_conflict, &path, log_level);
@@ -206,7 +221,23 @@ impl PidLock {
         if announce {
             messages::acquired(guard.pid(), &guard.path);
         }
+        self.notify_held(&guard);
         Ok(guard)
+    }
+
+    /// Tells the service manager, if any, who holds the lock now.
+    fn notify_held(&self, guard: &PidFileGuard) {
+        if !systemd::is_supervised() {
+            return;
+        }
+        let mut state = format!(
+            "STATUS={}",
+            messages::holding_status(guard.pid(), &guard.path)
+        );
+        if self.notify_ready {
+            state.push_str("\nREADY=1");
+        }
+        systemd::notify(&state);
     }
 }
 
@@ -429,6 +460,21 @@ impl Identity {
     fn same_file(self, other: &FileStat) -> bool {
         self == Self::of(other)
     }
+}
+
+/// The inode a raw descriptor number refers to, if it is open. The raw
+/// `fstat` takes a number, not a borrowed descriptor: on one that is not
+/// open it fails with `EBADF`, which is all the callers need to know.
+pub(crate) fn identity_of_raw(fd: RawFd) -> Option<(Identity, FileStat)> {
+    let mut stat = std::mem::MaybeUninit::<nix::libc::stat>::uninit();
+    // SAFETY: fstat on any number is defined (EBADF if closed) and fills
+    // `stat` on success.
+    let status = unsafe { nix::libc::fstat(fd, stat.as_mut_ptr()) };
+    (status == 0).then(|| {
+        // SAFETY: initialised by the successful call.
+        let stat = unsafe { stat.assume_init() };
+        (Identity::of(&stat), stat)
+    })
 }
 
 /// Removes `name` from `dir` if it still names the inode we locked.

@@ -33,6 +33,15 @@ pub(crate) enum Level {
 }
 
 impl Level {
+    /// The syslog priority journald reads from a `<N>` line prefix.
+    fn priority(self) -> &'static str {
+        match self {
+            Self::Error => "<3>",
+            Self::Warning => "<4>",
+            Self::Info => "<6>",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Self::Error => "ERROR",
@@ -121,9 +130,21 @@ pub(crate) fn emit(level: Level, text: &str) {
     if forward(level, text) {
         return;
     }
-    let line = format!("{} - {text}\n", level.label());
+    let line = stderr_lines(level, text);
     // Nothing sensible can be done if stderr is closed; the lock still works.
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `LEVEL - text` and a newline; when stderr is the journal, every line
+/// (continuation lines too) starts with the level's syslog priority.
+fn stderr_lines(level: Level, text: &str) -> String {
+    let text = format!("{} - {text}\n", level.label());
+    if !crate::systemd::stderr_is_journal() {
+        return text;
+    }
+    text.lines()
+        .map(|line| format!("{}{line}\n", level.priority()))
+        .collect()
 }
 
 /// Hands the message to `tracing` if a subscriber is installed (globally or
@@ -215,12 +236,12 @@ pub(crate) fn released(path: &Path) {
 /// the exit paths that cannot format or allocate (signal handlers,
 /// `atexit`): they go to stderr as they are.
 pub(crate) fn release_lines(path: &Path) -> Box<[u8]> {
-    format!(
-        "INFO - Releasing PID lock...\nINFO - PID file lock released: {}\n",
-        path.display()
-    )
-    .into_bytes()
-    .into_boxed_slice()
+    let mut lines = stderr_lines(Level::Info, "Releasing PID lock...");
+    lines.push_str(&stderr_lines(
+        Level::Info,
+        &format!("PID file lock released: {}", path.display()),
+    ));
+    lines.into_bytes().into_boxed_slice()
 }
 
 pub(crate) fn stale(path: &Path, pid: Pid, alive: bool) {
@@ -260,6 +281,19 @@ pub(crate) fn duration(duration: Duration) -> String {
         1_000..60_000 => format!("{}.{}s", millis / 1_000, millis % 1_000 / 100),
         _ => format!("{}m {}s", millis / 60_000, millis % 60_000 / 1_000),
     }
+}
+
+/// The holder line of `systemctl status` (`STATUS=`) and `pidlock status`.
+pub(crate) fn holding_status(pid: Pid, path: &Path) -> String {
+    format!("PID {pid} holds the lock on {}", path.display())
+}
+
+/// `STATUS=` of a standby.
+pub(crate) fn waiting_status(path: &Path, holder: &Holder) -> String {
+    format!(
+        "Waiting for the lock on {}, held by {holder}",
+        path.display()
+    )
 }
 
 pub(crate) fn waiting(holder: &Holder, timeout: Option<Duration>) {

@@ -31,6 +31,57 @@ pub enum Stopped {
     StillRunning(Pid),
 }
 
+/// The signal [`stop_with`] asks the holder to exit with.
+///
+/// ```
+/// use pidlock_core::StopSignal;
+///
+/// // A framework that shuts down gracefully on Ctrl-C only:
+/// assert_eq!("INT".parse::<StopSignal>(), Ok(StopSignal::Int));
+/// assert_eq!("SIGTERM".parse::<StopSignal>(), Ok(StopSignal::Term));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StopSignal {
+    /// SIGTERM, what `systemctl stop`, `docker stop` and `kill` send.
+    #[default]
+    Term,
+    /// SIGINT, Ctrl-C: for programs that shut down gracefully only on it.
+    Int,
+    /// SIGHUP.
+    Hup,
+    /// SIGQUIT.
+    Quit,
+}
+
+impl StopSignal {
+    fn signal(self) -> Signal {
+        match self {
+            Self::Term => Signal::SIGTERM,
+            Self::Int => Signal::SIGINT,
+            Self::Hup => Signal::SIGHUP,
+            Self::Quit => Signal::SIGQUIT,
+        }
+    }
+}
+
+impl std::str::FromStr for StopSignal {
+    type Err = String;
+
+    /// `TERM`, `INT`, `HUP`, `QUIT`, with or without `SIG`, in any case.
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        let upper = text.to_ascii_uppercase();
+        match upper.strip_prefix("SIG").unwrap_or(&upper) {
+            "TERM" => Ok(Self::Term),
+            "INT" => Ok(Self::Int),
+            "HUP" => Ok(Self::Hup),
+            "QUIT" => Ok(Self::Quit),
+            _ => Err(format!(
+                "unknown signal {text:?}; expected TERM, INT, HUP or QUIT"
+            )),
+        }
+    }
+}
+
 /// Sends SIGTERM to the process verified as the holder of the lock at
 /// `path`, then waits up to `timeout` for the lock to be let go; with `kill`,
 /// every process still holding it is then sent SIGKILL.
@@ -59,6 +110,21 @@ pub enum Stopped {
 /// `/proc`); [`Error::UnsafePath`] and [`Error::Io`] as for
 /// [`status`](crate::status).
 pub fn stop(path: impl AsRef<Path>, timeout: Duration, kill: bool) -> Result<Stopped> {
+    stop_with(path, StopSignal::Term, timeout, kill)
+}
+
+/// [`stop`] with another signal than SIGTERM: `StopSignal::Int` for a
+/// program whose graceful shutdown runs on Ctrl-C only.
+///
+/// # Errors
+///
+/// As [`stop`].
+pub fn stop_with(
+    path: impl AsRef<Path>,
+    signal: StopSignal,
+    timeout: Duration,
+    kill: bool,
+) -> Result<Stopped> {
     let path = path.as_ref();
     let Some((file, stat)) = open_existing(path)? else {
         return Ok(Stopped::NotRunning);
@@ -75,7 +141,7 @@ pub fn stop(path: impl AsRef<Path>, timeout: Duration, kill: bool) -> Result<Sto
         });
     };
     let signal_error = |errno| Error::io(path, "signal the holder of", errno);
-    if !signal_verified(pid, identity, Signal::SIGTERM).map_err(signal_error)? {
+    if !signal_verified(pid, identity, signal.signal()).map_err(signal_error)? {
         // It let go between our look and our signal.
         return Ok(Stopped::Exited(pid));
     }

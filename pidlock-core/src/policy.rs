@@ -12,6 +12,7 @@ use crate::holders::signal_verified;
 use crate::lockfile::Identity;
 use crate::messages::{self, Level, LogLevel};
 use crate::pid::Pid;
+use crate::systemd;
 use crate::waiting::{self, Waited};
 
 /// How long a holder gets to exit after SIGKILL before takeover gives up:
@@ -128,7 +129,25 @@ impl<'a> Resolver<'a> {
                     messages::waiting(&holder, timeout);
                 }
                 self.announced = true;
-                self.wait(file, timeout.map(|timeout| self.started + timeout), holder)
+                let deadline = timeout.map(|timeout| self.started + timeout);
+                if !systemd::is_supervised() {
+                    return self.wait(file, deadline, holder);
+                }
+                // Under a service manager the wait goes in slices, each
+                // announced with more start-up time, so `TimeoutStartSec=`
+                // does not kill a standby that is waiting as it should.
+                systemd::notify(&format!(
+                    "STATUS={}\n{}",
+                    messages::waiting_status(self.path, &holder),
+                    systemd::extend_timeout()
+                ));
+                let slice_ends = Instant::now() + systemd::EXTEND_EVERY;
+                match deadline {
+                    Some(deadline) if deadline <= slice_ends => {
+                        self.wait(file, Some(deadline), holder)
+                    }
+                    _ => self.wait_then_retry(file, slice_ends, holder),
+                }
             }
             OnConflict::Takeover { timeout } => self.take_over(file, identity, holder, timeout),
         }

@@ -26,9 +26,10 @@ use nix::errno::Errno;
 use nix::sys::stat::fstatat;
 
 use crate::exit_cleanup;
-use crate::lockfile::{Identity, Locked, flock, unsafe_kind};
+use crate::lockfile::{Identity, Locked, flock, identity_of_raw, unsafe_kind};
 use crate::messages;
 use crate::pid::Pid;
+use crate::systemd;
 
 /// The environment variable that carries the hand-over.
 const HANDOVER: &str = "PIDLOCK_RESTART";
@@ -85,6 +86,18 @@ pub fn restart() -> io::Error {
     if let Some(arg0) = args.next() {
         command.arg0(arg0);
     }
+    // The PID stays the same across `exec`: to systemd this is a reload of
+    // the main process. The new image reports the lock again (and READY=1
+    // when it opted in), and needs the socket that was taken out of the
+    // environment.
+    if let Some(socket) = systemd::notify_socket() {
+        command.env("NOTIFY_SOCKET", socket);
+        systemd::notify(&format!(
+            "RELOADING=1\n{}\nSTATUS=Restarting with the lock held (PID {})",
+            systemd::monotonic_usec(),
+            Pid::current()
+        ));
+    }
     let fds: Vec<RawFd> = held.iter().map(|(fd, _)| *fd).collect();
     // Close-on-exec is cleared at the last moment, right before `execve`:
     // while it is clear, a child that another thread spawns would inherit
@@ -107,6 +120,8 @@ pub fn restart() -> io::Error {
     for (fd, _) in &held {
         let _ = set_close_on_exec(*fd, true);
     }
+    // This image carries on, as ready as it was: end the reload.
+    systemd::notify(&format!("READY=1\nSTATUS=Restart failed: {error}"));
     error
 }
 
@@ -129,19 +144,6 @@ fn set_close_on_exec(fd: RawFd, on: bool) -> io::Result<()> {
     Errno::result(unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, flags) })
         .map(drop)
         .map_err(io::Error::from)
-}
-
-/// The inode a raw descriptor refers to, if it is open.
-fn identity_of(fd: RawFd) -> Option<(Identity, nix::sys::stat::FileStat)> {
-    let mut stat = std::mem::MaybeUninit::<nix::libc::stat>::uninit();
-    // SAFETY: fstat on a number is defined for any value (EBADF if closed)
-    // and fills `stat` on success.
-    let status = unsafe { nix::libc::fstat(fd, stat.as_mut_ptr()) };
-    // SAFETY: initialised by the successful call.
-    (status == 0).then(|| {
-        let stat = unsafe { stat.assume_init() };
-        (Identity::of(&stat), stat)
-    })
 }
 
 /// The running executable. On Linux, once a deploy replaced the file,
@@ -194,7 +196,7 @@ pub(crate) fn adopt(dir: BorrowedFd<'_>, name: &CStr) -> Option<Locked> {
     let handed_over = handed_over();
     PROTECTED.call_once(|| {
         for &(fd, identity) in &handed_over {
-            if identity_of(fd).is_some_and(|(open, _)| open == identity) {
+            if identity_of_raw(fd).is_some_and(|(open, _)| open == identity) {
                 let _ = set_close_on_exec(fd, true);
             }
         }
@@ -209,7 +211,7 @@ pub(crate) fn adopt(dir: BorrowedFd<'_>, name: &CStr) -> Option<Locked> {
         return None;
     }
     let &(fd, _) = handed_over.iter().find(|(_, handed)| *handed == identity)?;
-    let (open, stat) = identity_of(fd)?;
+    let (open, stat) = identity_of_raw(fd)?;
     if open != identity || unsafe_kind(&stat).is_some() {
         return None;
     }

@@ -20,9 +20,11 @@
 //! in order:
 //!
 //! - `sigaction(sig, NULL, &old)` to see who is installed: async-signal-safe (POSIX).
-//! - [`exit_cleanup::remove_held_files`]: atomic loads and stores, `fstatat`
-//!   and `unlinkat` on names prepared as C strings when the lock was taken;
-//!   all async-signal-safe (POSIX.1-2008), no allocation, no locks.
+//! - [`exit_cleanup::remove_held_files`]: atomic loads and stores, `getpid`,
+//!   `fstatat` and `unlinkat` on names prepared as C strings when the lock
+//!   was taken, `send(2)` of a constant `STOPPING=1` on a socket connected
+//!   earlier (under systemd); all async-signal-safe (POSIX.1-2008), no
+//!   allocation, no locks.
 //! - `write(2, ...)` of the release lines formatted when the lock was taken:
 //!   async-signal-safe.
 //! - `sigaction(sig, SIG_DFL)`, `pthread_sigmask(SIG_UNBLOCK)`, `raise(sig)`:

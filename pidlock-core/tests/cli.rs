@@ -97,6 +97,14 @@ fn status_of_a_running_holder_exits_0_with_pid_command_and_start_time() {
         stdout.contains(&format!("running (PID {pid}, verified with the kernel)")),
         "{stdout}"
     );
+    // The line `systemctl status` shows as STATUS= for the same holder.
+    assert!(
+        stdout.contains(&format!(
+            "\n  PID {pid} holds the lock on {}\n",
+            path.display()
+        )),
+        "{stdout}"
+    );
     // The forked holder is a copy of this test binary.
     let me = std::env::current_exe().unwrap();
     assert!(
@@ -149,6 +157,19 @@ fn stop_sends_sigterm_to_the_holder_and_waits_for_it() {
         "{stdout}"
     );
     assert_eq!(holder.death(), Some(Signal::SIGTERM));
+}
+
+#[test]
+fn stop_with_signal_int_sends_sigint_for_ctrl_c_only_programs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let mut holder = Holder::start(&path, false);
+    let (output, stdout, stderr) = pidlock(&["stop", "--signal", "INT"], &path);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(holder.death(), Some(Signal::SIGINT));
+    let (output, _, stderr) = pidlock(&["stop", "--signal", "USR1"], &path);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("unknown signal \"USR1\""), "{stderr}");
 }
 
 #[test]

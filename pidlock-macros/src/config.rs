@@ -16,6 +16,7 @@ pub(crate) const KEYS: &[&str] = &[
     "exit_code",
     "signals",
     "log",
+    "notify_ready",
     "hint",
     "crate",
 ];
@@ -29,6 +30,8 @@ pub(crate) struct Config {
     pub(crate) signals_none: bool,
     /// `log = "info" | "warn" | "error"`, checked; `info` is the default.
     pub(crate) log: Option<LitStr>,
+    /// `notify_ready = true`: send READY=1 to systemd once the lock is held.
+    pub(crate) notify_ready: bool,
     pub(crate) hint: Option<LitStr>,
     pub(crate) krate: Option<syn::Path>,
     pub(crate) url: Option<Expr>,
@@ -155,6 +158,10 @@ impl Config {
                     &lit,
                     "expected log = \"info\", \"warn\" or \"error\" (errors are always shown)",
                 )),
+            }),
+            "notify_ready" => value.parse().map(|lit: syn::LitBool| {
+                self.notify_ready = lit.value;
+                Ok(())
             }),
             "url" => value.parse().map(|expr: Expr| {
                 self.url = Some(expr);

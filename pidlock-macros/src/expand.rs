@@ -260,6 +260,9 @@ fn builder_calls(config: &Config, krate: &TokenStream) -> TokenStream {
     if config.signals_none {
         calls.extend(quote!(.signals(#krate::__private::Signals::None)));
     }
+    if config.notify_ready {
+        calls.extend(quote!(.notify_ready(true)));
+    }
     if let Some(level) = &config.log {
         let level = match level.value().as_str() {
             "warn" => quote!(Warn),

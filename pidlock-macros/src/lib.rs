@@ -32,6 +32,7 @@ use proc_macro::TokenStream;
 /// | `exit_code` | exit status when the lock is not obtained, `0..=255` | `1` |
 /// | `signals` | `"auto"`: SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGABRT remove the file unless the program handles them; `"none"`: no signal handling | `"auto"` |
 /// | `log` | `"info"`, `"warn"` or `"error"`: the least severe lines printed (`PIDLOCK_LOG` in the environment wins) | `"info"` |
+/// | `notify_ready` | `true`: send `READY=1` to systemd (`Type=notify`) once the lock is held | `false` |
 /// | `url` | `postgres://…` (literal or expression): also take a PostgreSQL lock across hosts (the `postgres` feature) | none |
 /// | `key` | the PostgreSQL lock's name | the binary's name |
 /// | `hint` | an extra line for the conflict message | none |

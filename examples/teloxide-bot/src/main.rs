@@ -9,7 +9,8 @@
 //! - `/restart` re-executes the bot without ever letting go of the lock, after
 //!   teloxide has confirmed the updates it handled (so `/restart` is not
 //!   delivered again).
-//! - Ctrl-C runs teloxide's graceful shutdown; the PID file is removed when
+//! - Ctrl-C, and SIGTERM too (`systemctl stop`, `docker stop`, `pidlock
+//!   stop`), run teloxide's graceful shutdown; the PID file is removed when
 //!   `main` returns.
 //! - If Telegram still reports another poller, the error handler explains
 //!   what that means (INSTANCE CONFLICT).
@@ -103,6 +104,22 @@ async fn main() {
             stopped.await;
         }
     });
+
+    // teloxide shuts down gracefully on Ctrl-C only; supervisors send
+    // SIGTERM. The same shutdown runs for both.
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            let shutdown = dispatcher.shutdown_token();
+            tokio::spawn(async move {
+                if terminate.recv().await.is_some()
+                    && let Ok(stopped) = shutdown.shutdown()
+                {
+                    stopped.await;
+                }
+            });
+        }
+        Err(error) => eprintln!("WARNING - SIGTERM will not shut down gracefully: {error}"),
+    }
 
     let listener = update_listeners::polling_default(bot).await;
     let errors = Arc::new(PollingErrors {

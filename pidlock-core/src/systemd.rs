@@ -1,0 +1,197 @@
+//! Telling a supervisor what the lock is doing (SPEC §9): the `sd_notify`
+//! protocol and journald priorities.
+//!
+//! Under systemd (or a container runtime that speaks its protocol) the
+//! service manager passes a datagram socket in `NOTIFY_SOCKET`. pidlock sends
+//! `STATUS=` lines while it waits, holds and releases, `EXTEND_TIMEOUT_USEC=`
+//! while it waits (so `TimeoutStartSec=` does not kill a standby),
+//! `STOPPING=1` when the program ends, and `READY=1` when the lock is held if
+//! the program opted in. Nothing is sent when `NOTIFY_SOCKET` is unset.
+//!
+//! The datagram is sent here rather than through the `sd-notify` crate:
+//! that crate reads `NOTIFY_SOCKET` from the environment on every call and
+//! does not connect to the abstract-namespace form (`@name`), while pidlock
+//! takes the address once and clears the variable (so children do not
+//! inherit it; [`notify_socket`] gives it back to a program that wants to
+//! pass it on) and must reach both forms. It is a dozen lines of `std`.
+//!
+//! The exit paths that run in a signal handler send `STOPPING=1` too, on the
+//! socket connected by an earlier notification (see [`notify_stopping_raw`]).
+//!
+//! When stderr is the journal (`JOURNAL_STREAM` names stderr's device and
+//! inode), every line pidlock writes there starts with its syslog priority
+//! (`<3>` error, `<4>` warning, `<6>` info), so `journalctl -p err` finds a
+//! conflict.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+/// How often a waiting standby asks for more start-up time, and how much it
+/// asks for: three times the interval, so one late message does not matter.
+pub(crate) const EXTEND_EVERY: Duration = Duration::from_secs(5);
+const EXTEND_BY: Duration = Duration::from_secs(15);
+
+const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// The service manager's socket, read from the environment the first time
+/// pidlock looks (before any lock is taken).
+fn socket() -> Option<&'static OsStr> {
+    static SOCKET: OnceLock<Option<OsString>> = OnceLock::new();
+    SOCKET
+        .get_or_init(|| std::env::var_os(NOTIFY_SOCKET).filter(|value| !value.is_empty()))
+        .as_deref()
+}
+
+/// The `NOTIFY_SOCKET` this process was started with, if any. pidlock
+/// clears the variable when the attribute takes the lock, so that children
+/// do not inherit it; a program that wants a child to notify systemd
+/// (with `NotifyAccess=all`) passes this value on explicitly.
+///
+/// ```
+/// if let Some(socket) = pidlock_core::notify_socket() {
+///     let mut child = std::process::Command::new("true");
+///     child.env("NOTIFY_SOCKET", socket);
+/// }
+/// ```
+#[must_use]
+pub fn notify_socket() -> Option<&'static OsStr> {
+    socket()
+}
+
+/// Reads `NOTIFY_SOCKET`, then removes it from the environment.
+///
+/// # Safety
+///
+/// Modifying the environment is only sound while no other thread reads or
+/// writes it: call this before the program starts threads (the attribute
+/// calls it as the first statement of `main`, before a tokio runtime is
+/// built).
+pub(crate) unsafe fn take_socket_from_env() {
+    if socket().is_some() {
+        // SAFETY: the caller guarantees no other thread touches the
+        // environment now.
+        unsafe { std::env::remove_var(NOTIFY_SOCKET) };
+    }
+}
+
+/// Whether a service manager listens (`NOTIFY_SOCKET` was set at start).
+pub(crate) fn is_supervised() -> bool {
+    socket().is_some()
+}
+
+/// The datagram socket connected to the service manager, made at the first
+/// notification and kept (close-on-exec, so children do not get it). Its
+/// number is also published for the signal handler in [`SIGNAL_SOCKET`].
+fn connected() -> Option<&'static UnixDatagram> {
+    static CONNECTED: OnceLock<Option<UnixDatagram>> = OnceLock::new();
+    CONNECTED
+        .get_or_init(|| {
+            let socket = connect(socket()?).ok()?;
+            SIGNAL_SOCKET.store(socket.as_raw_fd(), Ordering::SeqCst);
+            Some(socket)
+        })
+        .as_ref()
+}
+
+/// The connected socket's descriptor, or -1: read by the signal handler,
+/// which may neither allocate nor take a lock (see [`notify_stopping_raw`]).
+static SIGNAL_SOCKET: AtomicI32 = AtomicI32::new(-1);
+
+/// Sends `state` (newline-separated `KEY=value` assignments) to the service
+/// manager, if there is one. Errors are ignored: a supervisor that stopped
+/// listening must not stop the program.
+pub(crate) fn notify(state: &str) {
+    if let Some(socket) = connected() {
+        let _ = socket.send(state.as_bytes());
+    }
+}
+
+/// What the exit paths that run in a signal handler send: the program is
+/// ending. Async-signal-safe: an atomic load and `send(2)` of a constant on
+/// a socket connected earlier; nothing if no notification was ever sent.
+pub(crate) fn notify_stopping_raw() {
+    const STOPPING: &[u8] = b"STOPPING=1\nSTATUS=Releasing the lock...";
+    let fd = SIGNAL_SOCKET.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: send(2) on a number is defined for any value (EBADF if it
+        // is not open); the buffer is valid for its length.
+        let _ = unsafe {
+            nix::libc::send(
+                fd,
+                STOPPING.as_ptr().cast(),
+                STOPPING.len(),
+                nix::libc::MSG_DONTWAIT | MSG_NOSIGNAL,
+            )
+        };
+    }
+}
+
+/// `MSG_NOSIGNAL` where it exists: a closed peer must not raise SIGPIPE.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+const MSG_NOSIGNAL: nix::libc::c_int = nix::libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+const MSG_NOSIGNAL: nix::libc::c_int = 0;
+
+/// A datagram socket connected to `address`: a path, or on Linux `@name`
+/// for the abstract namespace.
+fn connect(address: &OsStr) -> std::io::Result<UnixDatagram> {
+    let socket = UnixDatagram::unbound()?;
+    let bytes = address.as_encoded_bytes();
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        #[cfg(target_os = "android")]
+        use std::os::android::net::SocketAddrExt;
+        #[cfg(target_os = "linux")]
+        use std::os::linux::net::SocketAddrExt;
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        socket.connect_addr(&address)?;
+        return Ok(socket);
+    }
+    let _ = bytes;
+    socket.connect(address)?;
+    Ok(socket)
+}
+
+/// `EXTEND_TIMEOUT_USEC=` asking for [`EXTEND_BY`] more.
+pub(crate) fn extend_timeout() -> String {
+    format!("EXTEND_TIMEOUT_USEC={}", EXTEND_BY.as_micros())
+}
+
+/// `MONOTONIC_USEC=` now, which must accompany `RELOADING=1`.
+pub(crate) fn monotonic_usec() -> String {
+    let mut now = std::mem::MaybeUninit::<nix::libc::timespec>::uninit();
+    // SAFETY: clock_gettime fills `now` on success.
+    let status = unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_MONOTONIC, now.as_mut_ptr()) };
+    let usec = if status == 0 {
+        // SAFETY: initialised by the successful call.
+        let now = unsafe { now.assume_init() };
+        i128::from(now.tv_sec) * 1_000_000 + i128::from(now.tv_nsec) / 1_000
+    } else {
+        0
+    };
+    format!("MONOTONIC_USEC={usec}")
+}
+
+/// Whether stderr is a journal stream: `JOURNAL_STREAM` is `<dev>:<ino>` of
+/// the stream systemd connected, and still names fd 2 (a program that
+/// redirected its stderr elsewhere must not get prefixes).
+pub(crate) fn stderr_is_journal() -> bool {
+    static JOURNAL: OnceLock<bool> = OnceLock::new();
+    *JOURNAL.get_or_init(|| {
+        let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+            return false;
+        };
+        let Some((dev, ino)) = stream.to_str().and_then(|text| text.split_once(':')) else {
+            return false;
+        };
+        let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+            return false;
+        };
+        crate::lockfile::identity_of_raw(2)
+            .is_some_and(|(identity, _)| identity == crate::lockfile::Identity::from_raw(dev, ino))
+    })
+}
