@@ -194,7 +194,7 @@ impl Entry {
         }
         Ok(InstanceGuard {
             held,
-            owner: Pid::current(),
+            notifier: systemd::is_supervised().then(Pid::current),
         })
     }
 
@@ -251,14 +251,16 @@ impl Entry {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct InstanceGuard {
     held: Vec<Box<dyn Held>>,
-    /// The process that took the locks; a `fork()` child's copy says nothing.
-    owner: Pid,
+    /// Under a service manager, the process that took the locks: a `fork()`
+    /// child's copy tells systemd nothing. (Not asked for otherwise: it
+    /// would cost a system call for nothing.)
+    notifier: Option<Pid>,
 }
 
 impl Drop for InstanceGuard {
     fn drop(&mut self) {
         // `main` has returned: the program is ending.
-        if Pid::current() == self.owner {
+        if self.notifier.is_some_and(|owner| owner == Pid::current()) {
             systemd::notify("STOPPING=1\nSTATUS=Releasing the lock...");
         }
         while let Some(lock) = self.held.pop() {
