@@ -37,6 +37,9 @@ pub(crate) struct Config {
     pub(crate) url: Option<Expr>,
     pub(crate) key: Option<Expr>,
     on_conflict: Option<LitStr>,
+    /// `on_conflict` was given but its value was refused: checks that depend
+    /// on it are skipped, so one mistake gives one error.
+    on_conflict_refused: bool,
     timeout: Option<LitStr>,
     /// `timeout` in milliseconds, once it parsed.
     pub(crate) timeout_ms: Option<u64>,
@@ -119,10 +122,18 @@ impl Config {
                     self.on_conflict = Some(lit);
                     Ok(())
                 }
-                _ => Err(syn::Error::new_spanned(
-                    &lit,
-                    "expected on_conflict = \"exit\", \"wait\" or \"takeover\"",
-                )),
+                other => {
+                    self.on_conflict_refused = true;
+                    let mut message =
+                        "expected on_conflict = \"exit\", \"wait\" or \"takeover\"".to_owned();
+                    if let Some(near) = ["exit", "wait", "takeover"]
+                        .into_iter()
+                        .find(|known| edit_distance(other, known) <= 2)
+                    {
+                        message.push_str(&format!("; did you mean \"{near}\"?"));
+                    }
+                    Err(syn::Error::new_spanned(&lit, message))
+                }
             }),
             "timeout" => value.parse().map(|lit: LitStr| {
                 let ms = parse_duration(&lit.value())
@@ -210,6 +221,7 @@ impl Config {
             self.reject(error);
         }
         if let Some(timeout) = &self.timeout
+            && !self.on_conflict_refused
             && self.on_conflict() == "exit"
         {
             let error = syn::Error::new_spanned(
@@ -323,6 +335,19 @@ mod tests {
         assert!(error_of(quote!(exit_code = 256)).contains("between 0 and 255"));
         assert!(error_of(quote!(path = "")).contains("empty"));
         assert!(error_of(quote!(timeout = "5s")).contains("applies only"));
+    }
+
+    #[test]
+    fn a_misspelt_policy_with_a_timeout_is_one_error() {
+        let errors = Config::parse(quote!(on_conflict = "wiat", timeout = "5s"))
+            .err()
+            .unwrap();
+        let messages: Vec<String> = errors.into_iter().map(|e| e.to_string()).collect();
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert!(
+            messages[0].contains("did you mean \"wait\"?"),
+            "{messages:?}"
+        );
     }
 
     #[test]

@@ -206,10 +206,13 @@ fn rewrite(config: &Config, args: TokenStream, main: MainFn) -> TokenStream {
 
     let guard = Ident::new("__pidlock_guard", Span::mixed_site());
     let calls = builder_calls(config, &krate);
-    let inner = body.stream();
+    // Inner attributes (`#![allow(..)]`) must stay first in the block: the
+    // guard goes right after them.
+    let (inner_attrs, inner) = split_inner_attributes(body.stream());
     let mut new_body = Group::new(
         Delimiter::Brace,
         quote! {
+            #inner_attrs
             let #guard = #krate::__private::Entry::new(
                 ::core::option_env!("CARGO_BIN_NAME"),
                 ::core::env!("CARGO_CRATE_NAME"),
@@ -224,6 +227,28 @@ fn rewrite(config: &Config, args: TokenStream, main: MainFn) -> TokenStream {
         #(#attrs)*
         #vis #sig #new_body
     }
+}
+
+/// Splits a block's tokens into its leading inner attributes (`#![...]`,
+/// including `//!` doc comments, which arrive as `#![doc = ...]`) and the
+/// statements after them.
+fn split_inner_attributes(body: TokenStream) -> (TokenStream, TokenStream) {
+    let mut tokens: Vec<TokenTree> = body.into_iter().collect();
+    let mut end = 0;
+    while let [
+        TokenTree::Punct(hash),
+        TokenTree::Punct(bang),
+        TokenTree::Group(group),
+        ..,
+    ] = &tokens[end..]
+        && hash.as_char() == '#'
+        && bang.as_char() == '!'
+        && group.delimiter() == Delimiter::Bracket
+    {
+        end += 3;
+    }
+    let rest = tokens.split_off(end);
+    (tokens.into_iter().collect(), rest.into_iter().collect())
 }
 
 /// One builder call per key that was given.

@@ -1,0 +1,2 @@
+#[pidlock_core::single_instance(on_conflict = "wiat", timeout = "5s")]
+fn main() {}
