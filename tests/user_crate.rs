@@ -60,3 +60,24 @@ fn renamed_crate_runs_in_every_form() {
         );
     }
 }
+
+/// `url` without pidlock-core's `postgres` feature: one compile error, on the
+/// `url` value, that says which feature to turn on (not a failure when the
+/// program starts).
+#[test]
+fn url_without_the_postgres_feature_is_a_compile_error_on_the_url() {
+    let output = cargo("check", "tests/no-postgres-crate")
+        .env("CARGO_TERM_COLOR", "never")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "it compiled:\n{stderr}");
+    assert_eq!(stderr.matches("error[").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "error[E0277]: `url` takes the lock in PostgreSQL, which needs pidlock-core's `postgres` feature\n"
+        ) && stderr.contains("--> src/main.rs:1:39\n"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("features = [\"postgres\"]"), "{stderr}");
+}

@@ -47,6 +47,25 @@ pub fn default_path(name: &str) -> PathBuf {
     }
 }
 
+/// Holds for every type when the `postgres` feature is on, for none when it
+/// is off: the attribute's `url` value goes through [`remote_url`], so a
+/// program that asks for the lock across hosts without the feature does not
+/// compile, with this message on its `url`.
+#[diagnostic::on_unimplemented(
+    message = "`url` takes the lock in PostgreSQL, which needs pidlock-core's `postgres` feature",
+    label = "needs the `postgres` feature",
+    note = "in Cargo.toml: pidlock-core = {{ version = \"0.1\", features = [\"postgres\"] }}"
+)]
+pub trait RemoteLockAvailable {}
+
+#[cfg(feature = "postgres")]
+impl<T: ?Sized> RemoteLockAvailable for T {}
+
+/// The attribute's `url`, unchanged; see [`RemoteLockAvailable`].
+pub fn remote_url<T: RemoteLockAvailable>(url: T) -> T {
+    url
+}
+
 /// The attribute's keys, collected by the generated code.
 #[derive(Debug)]
 #[must_use]

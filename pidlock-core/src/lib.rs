@@ -100,7 +100,7 @@ pub use telegram::{InstanceConflictReport, is_instance_conflict};
 /// macro, which pins this crate's exact version.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::entry::{Entry, InstanceGuard};
+    pub use crate::entry::{Entry, InstanceGuard, RemoteLockAvailable, remote_url};
     pub use crate::messages::LogLevel;
     pub use crate::signals::Signals;
 }

@@ -259,7 +259,10 @@ fn builder_calls(config: &Config, krate: &TokenStream) -> TokenStream {
         calls.extend(quote_spanned!(path.span()=> .path(&(#path))));
     }
     if let Some(url) = &config.url {
-        calls.extend(quote_spanned!(url.span()=> .url(&(#url))));
+        // Through an identity function whose bound only holds with the
+        // runtime crate's `postgres` feature: without it, a compile error
+        // on the `url` value that says so, not a failure at run time.
+        calls.extend(quote_spanned!(url.span()=> .url(&(#krate::__private::remote_url(#url)))));
     }
     if let Some(key) = &config.key {
         calls.extend(quote_spanned!(key.span()=> .key(&(#key))));
