@@ -1,12 +1,43 @@
 //! Waiting for a lock, woken by the kernel when the holder lets go.
 //!
-//! A blocking `flock(LOCK_EX)` sleeps in the kernel until the lock is free:
-//! no polling, and the hand-over happens as soon as the holder's descriptor
-//! closes. A blocking `flock` cannot be given a deadline, so a wait with a
-//! timeout runs it on a helper thread and waits for that thread's answer with
-//! one. If the deadline passes first, the helper is left blocked; when it
-//! later obtains the lock, it finds the wait abandoned and drops its answer,
-//! which closes the descriptor and releases the lock at once.
+//! A wait without a deadline is a blocking `flock(LOCK_EX)`: it sleeps in the
+//! kernel until the lock is free, no polling, and the hand-over happens as
+//! soon as the holder's descriptor closes.
+//!
+//! A blocking `flock` cannot be given a deadline. On Linux a wait with one
+//! therefore never blocks in `flock`: it watches the file with inotify and
+//! retries `flock(LOCK_NB)` each time the file reports a close, sleeping in
+//! `poll` on the inotify descriptor in between, so that nothing outlives the
+//! call. The watch is placed through `/proc/self/fd/N`, because all we have
+//! is the descriptor (the path may since have been unlinked or replaced);
+//! `inotify_add_watch` follows that link to the open file's inode, deleted or
+//! not.
+//!
+//! The order matters. The watch is set before the first `LOCK_NB` attempt, so
+//! a holder that closes between a failed attempt and the `poll` has already
+//! queued its event and the `poll` returns at once; watching only after a
+//! failed attempt would miss that close and sleep on a free lock.
+//!
+//! The kernel reports a close just before it drops that description's locks
+//! (`__fput` calls `fsnotify_close` before `locks_remove_file`), so a retry
+//! right after the event can still find the lock taken. After each event the
+//! wait therefore retries a few times at short, growing intervals before it
+//! goes back to sleeping until the next event.
+//!
+//! Each sleep is also capped at one second, because some releases produce no
+//! event at all: a holder that gives the lock up with `flock(LOCK_UN)` while
+//! keeping the file open, and the same close/unlock ordering when the close
+//! was reported before our watch existed but the unlock came after our
+//! attempt. The cap bounds how late such a release is noticed without turning
+//! the wait into a busy poll.
+//!
+//! Where inotify is not available (elsewhere than Linux; on Linux when the
+//! per-user instance or watch limit is reached, `/proc` is not mounted, or a
+//! sandbox forbids the calls) a timed wait runs the blocking `flock` on a
+//! helper thread and waits for that thread's answer with a deadline. If the
+//! deadline passes first, the helper is left blocked until the lock is free;
+//! when it then obtains the lock, it finds the wait abandoned and drops its
+//! answer, which closes the descriptor and releases the lock at once.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -39,57 +70,511 @@ fn lock(file: OwnedFd, operation: i32, deadline: Option<Instant>) -> nix::Result
         retry_eintr(|| flock(file.as_fd(), operation))?;
         return Ok(Waited::Locked(file));
     };
-    let meeting = Arc::new(Meeting::default());
-    let helper = Arc::clone(&meeting);
-    std::thread::Builder::new()
-        .name("pidlock-wait".to_owned())
-        .spawn(move || {
-            let locked = retry_eintr(|| flock(file.as_fd(), operation)).map(|()| file);
-            helper.answer(locked);
-        })
-        .map_err(|_| nix::errno::Errno::EAGAIN)?;
-    meeting.await_answer(deadline)
+    #[cfg(target_os = "linux")]
+    match notified::lock_until(file.as_fd(), operation, deadline, notified::MAX_SLEEP)? {
+        notified::Outcome::Locked => return Ok(Waited::Locked(file)),
+        notified::Outcome::TimedOut => return Ok(Waited::TimedOut),
+        notified::Outcome::Unavailable => {}
+    }
+    helper::lock_until(file, operation, deadline)
 }
 
-/// Where the helper thread leaves its answer. A mutex and a condition
-/// variable rather than a channel: the same behaviour, and a few kilobytes
-/// less in every binary that links pidlock.
-#[derive(Default)]
-struct Meeting {
-    state: Mutex<State>,
-    answered: Condvar,
-}
+#[cfg(target_os = "linux")]
+mod notified {
+    use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+    use std::time::{Duration, Instant};
 
-#[derive(Default)]
-struct State {
-    answer: Option<nix::Result<OwnedFd>>,
-    /// The waiter gave up: a late answer is dropped on arrival, which closes
-    /// the descriptor and releases the lock we were too late to want.
-    abandoned: bool,
-}
+    use nix::errno::Errno;
+    use nix::libc::LOCK_NB;
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-impl Meeting {
-    fn answer(&self, locked: nix::Result<OwnedFd>) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if !state.abandoned {
-            state.answer = Some(locked);
-            self.answered.notify_one();
+    use crate::lockfile::flock;
+
+    /// The longest sleep between two attempts; see the module docs for the
+    /// releases that produce no event.
+    pub(super) const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+    /// The first retry interval after an event, covering the moment between
+    /// the kernel reporting a close and dropping that description's locks.
+    const AFTER_EVENT: Duration = Duration::from_millis(5);
+
+    pub(super) enum Outcome {
+        Locked,
+        TimedOut,
+        /// inotify could not be used; nothing was locked, and the caller
+        /// falls back to the helper thread for the rest of the wait.
+        Unavailable,
+    }
+
+    /// Tries to lock `file` until `deadline`, sleeping between attempts
+    /// until the file reports a close, or for `max_sleep` at most.
+    pub(super) fn lock_until(
+        file: BorrowedFd<'_>,
+        operation: i32,
+        deadline: Instant,
+        max_sleep: Duration,
+    ) -> nix::Result<Outcome> {
+        let Some(inotify) = watch(file) else {
+            return Ok(Outcome::Unavailable);
+        };
+        let mut sleep = max_sleep;
+        loop {
+            match flock(file, operation | LOCK_NB) {
+                Ok(()) => return Ok(Outcome::Locked),
+                Err(Errno::EWOULDBLOCK | Errno::EINTR) => {}
+                Err(errno) => return Err(errno),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Outcome::TimedOut);
+            }
+            let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, poll_timeout((deadline - now).min(sleep))) {
+                Ok(0) => sleep = sleep.saturating_mul(2).min(max_sleep),
+                Ok(_) => {
+                    // Only the fact of an event matters, not which one; the
+                    // queue is emptied so that the next `poll` sleeps.
+                    match inotify.read_events() {
+                        Ok(_) | Err(Errno::EAGAIN | Errno::EINTR) => {}
+                        Err(_) => return Ok(Outcome::Unavailable),
+                    }
+                    sleep = AFTER_EVENT.min(max_sleep);
+                }
+                // The loop recomputes the time left.
+                Err(Errno::EINTR) => {}
+                Err(_) => return Ok(Outcome::Unavailable),
+            }
         }
     }
 
-    fn await_answer(&self, deadline: Instant) -> nix::Result<Waited> {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        let (mut state, _) = self
-            .answered
-            .wait_timeout_while(state, timeout, |state| state.answer.is_none())
-            .unwrap_or_else(PoisonError::into_inner);
-        match state.answer.take() {
-            Some(locked) => locked.map(Waited::Locked),
-            None => {
-                state.abandoned = true;
-                Ok(Waited::TimedOut)
+    /// A non-blocking inotify instance watching the file open on `file`, or
+    /// `None` if one cannot be had.
+    ///
+    /// The watch is added once: while we keep the descriptor open the inode
+    /// can neither be freed nor its filesystem unmounted, the two things that
+    /// would remove the watch.
+    pub(super) fn watch(file: BorrowedFd<'_>) -> Option<Inotify> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+        let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+        // Closes are how a holder normally lets go, dying included. The file
+        // losing its name (IN_ATTRIB) or its inode going away usually comes
+        // with a release too, and a spurious wake-up costs one retry.
+        let events = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_CLOSE_NOWRITE
+            | AddWatchFlags::IN_DELETE_SELF
+            | AddWatchFlags::IN_ATTRIB;
+        inotify.add_watch(link.as_str(), events).ok()?;
+        Some(inotify)
+    }
+
+    /// Rounds up: a timeout rounded down to 0 ms would spin until the
+    /// deadline.
+    fn poll_timeout(wait: Duration) -> PollTimeout {
+        PollTimeout::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(PollTimeout::MAX)
+    }
+}
+
+mod helper {
+    use super::*;
+
+    /// Runs a blocking `flock` on a thread and waits for its answer until
+    /// `deadline`; if the deadline wins, the thread stays blocked until the
+    /// lock is free.
+    pub(super) fn lock_until(
+        file: OwnedFd,
+        operation: i32,
+        deadline: Instant,
+    ) -> nix::Result<Waited> {
+        let meeting = Arc::new(Meeting::default());
+        let helper = Arc::clone(&meeting);
+        std::thread::Builder::new()
+            .name("pidlock-wait".to_owned())
+            .spawn(move || {
+                let locked = retry_eintr(|| flock(file.as_fd(), operation)).map(|()| file);
+                helper.answer(locked);
+            })
+            .map_err(|_| nix::errno::Errno::EAGAIN)?;
+        meeting.await_answer(deadline)
+    }
+
+    /// Where the helper thread leaves its answer. A mutex and a condition
+    /// variable rather than a channel: the same behaviour, and a few kilobytes
+    /// less in every binary that links pidlock.
+    #[derive(Default)]
+    struct Meeting {
+        state: Mutex<State>,
+        answered: Condvar,
+    }
+
+    #[derive(Default)]
+    struct State {
+        answer: Option<nix::Result<OwnedFd>>,
+        /// The waiter gave up: a late answer is dropped on arrival, which
+        /// closes the descriptor and releases the lock we were too late to
+        /// want.
+        abandoned: bool,
+    }
+
+    impl Meeting {
+        fn answer(&self, locked: nix::Result<OwnedFd>) {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if !state.abandoned {
+                state.answer = Some(locked);
+                self.answered.notify_one();
             }
         }
+
+        fn await_answer(&self, deadline: Instant) -> nix::Result<Waited> {
+            let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let timeout = deadline.saturating_duration_since(Instant::now());
+            let (mut state, _) = self
+                .answered
+                .wait_timeout_while(state, timeout, |state| state.answer.is_none())
+                .unwrap_or_else(PoisonError::into_inner);
+            match state.answer.take() {
+                Some(locked) => locked.map(Waited::Locked),
+                None => {
+                    state.abandoned = true;
+                    Ok(Waited::TimedOut)
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::{File, OpenOptions};
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::path::Path;
+    use std::process::Command;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use nix::libc::{LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN};
+
+    use super::*;
+    use crate::lockfile::flock;
+
+    /// Set in the child process that runs the thread-count probe alone.
+    const PROBE: &str = "PIDLOCK_WAITING_THREAD_PROBE";
+
+    /// Far beyond any wake-up we expect, so that only a wait that is never
+    /// woken reaches it: the assertions are about being woken, not about
+    /// timing, on a machine that may be busy.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    fn open(path: &Path) -> OwnedFd {
+        let file: File = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .expect("open the test file");
+        file.into()
+    }
+
+    /// Opened the way `flock(1)` opens a file it locks.
+    fn open_read_only(path: &Path) -> OwnedFd {
+        File::open(path)
+            .expect("open the test file read-only")
+            .into()
+    }
+
+    /// Locks `file` for a test's holder. A test that spawns a process (the
+    /// thread probe does) copies every descriptor of this process into the
+    /// child until it execs, so a lock another check of the same test has
+    /// just let go of can outlive its close for a moment.
+    fn hold(file: OwnedFd, operation: i32) -> OwnedFd {
+        let deadline = Instant::now() + PATIENCE;
+        while let Err(errno) = flock(file.as_fd(), operation | LOCK_NB) {
+            assert!(
+                errno == nix::errno::Errno::EWOULDBLOCK && Instant::now() < deadline,
+                "take the lock for the holder: {errno}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        file
+    }
+
+    fn threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .expect("list /proc/self/task")
+            .count()
+    }
+
+    fn timed_out(waited: nix::Result<Waited>) -> bool {
+        matches!(waited, Ok(Waited::TimedOut))
+    }
+
+    fn locked(waited: nix::Result<Waited>) -> bool {
+        matches!(waited, Ok(Waited::Locked(_)))
+    }
+
+    /// Runs `wait` while another thread lets go of `holder` after ~100 ms
+    /// with `release`, and returns how the wait ended and how long it took.
+    fn wait_while_released<T>(
+        holder: OwnedFd,
+        release: impl FnOnce(OwnedFd) + Send + 'static,
+        wait: impl FnOnce(Instant) -> T,
+    ) -> (T, Duration) {
+        let releaser = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(100));
+            release(holder);
+        });
+        let started = Instant::now();
+        let waited = wait(started + PATIENCE);
+        let elapsed = started.elapsed();
+        releaser.join().expect("release the holder");
+        (waited, elapsed)
+    }
+
+    /// Which flavour of wait a check exercises: the public entry points, and
+    /// on Linux the inotify loop with no sleep cap, which can only finish
+    /// before the deadline if an inotify event wakes it.
+    #[derive(Clone, Copy, Debug)]
+    enum Via {
+        Public,
+        #[cfg(target_os = "linux")]
+        EventsOnly,
+    }
+
+    const VIAS: &[Via] = &[
+        Via::Public,
+        #[cfg(target_os = "linux")]
+        Via::EventsOnly,
+    ];
+
+    fn wait_via(via: Via, file: OwnedFd, operation: i32, deadline: Instant) -> bool {
+        match via {
+            Via::Public if operation == LOCK_EX => locked(lock_exclusive(file, Some(deadline))),
+            Via::Public => locked(lock_shared(file, Some(deadline))),
+            #[cfg(target_os = "linux")]
+            Via::EventsOnly => matches!(
+                notified::lock_until(file.as_fd(), operation, deadline, Duration::from_secs(3600)),
+                Ok(notified::Outcome::Locked)
+            ),
+        }
+    }
+
+    /// Checks that a wait for `operation` on `path` is woken when the holder
+    /// opened by `open_holder` closes its descriptor.
+    fn check_woken_by_close(path: &Path, open_holder: fn(&Path) -> OwnedFd, operation: i32) {
+        for &via in VIAS {
+            let holder = hold(open_holder(path), LOCK_EX);
+            let (locked, elapsed) = wait_while_released(holder, drop, |deadline| {
+                wait_via(via, open(path), operation, deadline)
+            });
+            assert!(locked, "{via:?}: not woken by the holder's close");
+            assert!(
+                elapsed < PATIENCE / 2,
+                "{via:?}: woken late, after {elapsed:?}"
+            );
+        }
+    }
+
+    /// The premise of the Linux wait: a watch on `/proc/self/fd/N` is a watch
+    /// on the open file itself, named or unlinked, and sees other
+    /// descriptions close.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn watch_through_proc_self_fd_sees_the_file_close() {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use nix::sys::inotify::AddWatchFlags;
+
+        let dir = tempfile::tempdir().expect("make a temporary directory");
+        let path = dir.path().join("watched.pid");
+        for unlinked in [false, true] {
+            let ours = open(&path);
+            let theirs = open_read_only(&path);
+            if unlinked {
+                std::fs::remove_file(&path).expect("unlink the test file");
+            }
+            let inotify = notified::watch(ours.as_fd()).expect("watch through /proc/self/fd");
+            drop(theirs);
+            // Not read at once: a process spawned meanwhile by another test
+            // holds a copy of `theirs` until it execs, and the close is
+            // reported when that last copy goes.
+            let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+            let timeout = PollTimeout::try_from(PATIENCE).expect("a valid poll timeout");
+            assert_eq!(
+                poll(&mut fds, timeout),
+                Ok(1),
+                "unlinked: {unlinked}: no event"
+            );
+            let events = inotify.read_events().expect("a queued event");
+            assert!(
+                events
+                    .iter()
+                    .any(|event| event.mask.contains(AddWatchFlags::IN_CLOSE_NOWRITE)),
+                "unlinked: {unlinked}: {events:?}"
+            );
+        }
+    }
+
+    /// (1) The defect this module once had: each timed-out wait left a thread
+    /// blocked in `flock` for as long as the holder held on. Threads are
+    /// counted in a child process that runs this test alone, since the test
+    /// harness runs other tests on threads of its own meanwhile.
+    #[test]
+    fn timed_out_wait_leaves_no_thread_behind() {
+        if std::env::var_os(PROBE).is_none() {
+            let module = module_path!()
+                .split_once("::")
+                .map_or(module_path!(), |(_, rest)| rest);
+            let name = format!("{module}::timed_out_wait_leaves_no_thread_behind");
+            let exe = std::env::current_exe().expect("find the test binary");
+            let output = Command::new(exe)
+                .args([name.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+                .env(PROBE, "1")
+                .output()
+                .expect("run the probe");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                output.status.success() && stdout.contains("1 passed"),
+                "probe failed:\n{stdout}\n{stderr}"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().expect("make a temporary directory");
+        let path = dir.path().join("held.pid");
+        let _holder = hold(open(&path), LOCK_EX);
+        let before = threads();
+        let timeout = Duration::from_millis(200);
+        for wait in [lock_exclusive, lock_shared, lock_exclusive] {
+            let started = Instant::now();
+            let waited = wait(open(&path), Some(started + timeout));
+            let elapsed = started.elapsed();
+            assert!(timed_out(waited), "the lock is held");
+            assert!(elapsed >= timeout, "gave up early, after {elapsed:?}");
+            assert!(elapsed < timeout + PATIENCE, "overslept: {elapsed:?}");
+        }
+        assert_eq!(threads(), before, "a timed-out wait left threads behind");
+    }
+
+    /// (2)
+    #[test]
+    fn timed_wait_is_woken_when_the_holder_closes() {
+        let dir = tempfile::tempdir().expect("make a temporary directory");
+        check_woken_by_close(&dir.path().join("held.pid"), open, LOCK_EX);
+    }
+
+    /// (3) `flock(1)` opens read-only: its close is IN_CLOSE_NOWRITE.
+    #[test]
+    fn timed_wait_is_woken_when_a_read_only_holder_closes() {
+        let dir = tempfile::tempdir().expect("make a temporary directory");
+        let path = dir.path().join("held.pid");
+        drop(open(&path));
+        check_woken_by_close(&path, open_read_only, LOCK_EX);
+    }
+
+    /// (4)
+    #[test]
+    fn shared_wait_times_out_and_is_woken_like_an_exclusive_one() {
+        let dir = tempfile::tempdir().expect("make a temporary directory");
+        let path = dir.path().join("held.pid");
+        let holder = hold(open(&path), LOCK_EX);
+        let timeout = Duration::from_millis(200);
+        let started = Instant::now();
+        assert!(timed_out(lock_shared(open(&path), Some(started + timeout))));
+        assert!(started.elapsed() >= timeout);
+        drop(holder);
+
+        check_woken_by_close(&path, open, LOCK_SH);
+        check_woken_by_close(&path, open_read_only, LOCK_SH);
+    }
+
+    #[test]
+    fn shared_wait_gets_in_beside_a_shared_holder() {
+        let dir = tempfile::tempdir().expect("make a temporary directory");
+        let path = dir.path().join("held.pid");
+        let _holder = hold(open(&path), LOCK_SH);
+        assert!(locked(lock_shared(
+            open(&path),
+            Some(Instant::now() + PATIENCE)
+        )));
+    }
+
+    /// How pidlock's own holder lets go: it unlinks the file, then closes.
+    #[test]
+    fn timed_wait_is_woken_when_the_holder_unlinks_then_closes() {
+        let dir = tempfile::tempdir().expect("make a temporary directory");
+        let path = dir.path().join("held.pid");
+        for &via in VIAS {
+            let holder = hold(open(&path), LOCK_EX);
+            let waiter = open(&path);
+            let unlink = path.clone();
+            let release = move |holder| {
+                std::fs::remove_file(unlink).expect("unlink the test file");
+                drop(holder);
+            };
+            let (locked, elapsed) = wait_while_released(holder, release, |deadline| {
+                wait_via(via, waiter, LOCK_EX, deadline)
+            });
+            assert!(locked, "{via:?}: not woken");
+            assert!(
+                elapsed < PATIENCE / 2,
+                "{via:?}: woken late, after {elapsed:?}"
+            );
+        }
+    }
+
+    /// `LOCK_UN` without a close makes no inotify event: the capped sleep is
+    /// what notices it.
+    #[test]
+    fn timed_wait_notices_an_unlock_without_a_close() {
+        let dir = tempfile::tempdir().expect("make a temporary directory");
+        let path = dir.path().join("held.pid");
+        let holder = hold(open(&path), LOCK_EX);
+        let unlock = |holder: OwnedFd| {
+            flock(holder.as_fd(), LOCK_UN).expect("unlock");
+            // Kept open past the wait's end, so that no close wakes it.
+            thread::sleep(Duration::from_secs(3));
+        };
+        let (waited, elapsed) = wait_while_released(holder, unlock, |deadline| {
+            lock_exclusive(open(&path), Some(deadline))
+        });
+        assert!(locked(waited), "the unlock was never noticed");
+        assert!(elapsed < PATIENCE / 2, "noticed late, after {elapsed:?}");
+    }
+
+    #[test]
+    fn timed_wait_on_a_free_lock_takes_it_even_past_the_deadline() {
+        let dir = tempfile::tempdir().expect("make a temporary directory");
+        let path = dir.path().join("free.pid");
+        assert!(locked(lock_exclusive(open(&path), Some(Instant::now()))));
+    }
+
+    #[test]
+    fn untimed_wait_blocks_until_the_holder_closes() {
+        let dir = tempfile::tempdir().expect("make a temporary directory");
+        let path = dir.path().join("held.pid");
+        let holder = hold(open(&path), LOCK_EX);
+        let (waited, _) = wait_while_released(holder, drop, |_| lock_exclusive(open(&path), None));
+        assert!(locked(waited));
+    }
+
+    /// The fallback where inotify is unavailable, and the only path elsewhere.
+    #[test]
+    fn helper_thread_wait_times_out_and_is_woken() {
+        let dir = tempfile::tempdir().expect("make a temporary directory");
+        let path = dir.path().join("held.pid");
+        let holder = hold(open(&path), LOCK_EX);
+        let timeout = Duration::from_millis(200);
+        let started = Instant::now();
+        assert!(timed_out(helper::lock_until(
+            open(&path),
+            LOCK_EX,
+            started + timeout
+        )));
+        assert!(started.elapsed() >= timeout);
+        let (waited, elapsed) = wait_while_released(holder, drop, |deadline| {
+            helper::lock_until(open(&path), LOCK_EX, deadline)
+        });
+        assert!(locked(waited));
+        assert!(elapsed < PATIENCE / 2, "woken late, after {elapsed:?}");
     }
 }
