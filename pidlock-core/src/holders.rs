@@ -127,7 +127,7 @@ pub(crate) fn find(identity: Identity) -> Holders {
         else {
             continue;
         };
-        match lock_held_by(pid, identity, &key) {
+        match lock_held_by(pid, &key) {
             Some(Kind::Exclusive) => holders.exclusive.push(pid),
             Some(Kind::Shared) => holders.shared = true,
             None => {}
@@ -145,8 +145,7 @@ pub(crate) fn find(_identity: Identity) -> Holders {
 /// Whether `pid` holds the exclusive lock on `identity` right now.
 #[cfg(target_os = "linux")]
 pub(crate) fn holds(pid: Pid, identity: Identity) -> bool {
-    proc_is_ours()
-        && lock_held_by(pid, identity, &identity.proc_locks_key()) == Some(Kind::Exclusive)
+    proc_is_ours() && lock_held_by(pid, &identity.proc_locks_key()) == Some(Kind::Exclusive)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -174,20 +173,16 @@ fn proc_is_ours() -> bool {
 
 /// The strongest lock `pid` holds on `identity` through any descriptor.
 #[cfg(target_os = "linux")]
-fn lock_held_by(pid: Pid, identity: Identity, key: &str) -> Option<Kind> {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+fn lock_held_by(pid: Pid, key: &str) -> Option<Kind> {
+    let fdinfo = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?;
     let mut found = None;
-    for fd in fds.flatten() {
-        // `stat` follows the magic link to the open file itself: one system
-        // call per descriptor, and only ours get their fdinfo read.
-        let Ok(stat) = nix::sys::stat::stat(&fd.path()) else {
-            continue;
-        };
-        if Identity::of(&stat) != identity {
-            continue;
-        }
-        let fdinfo = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
-        let Ok(info) = std::fs::read_to_string(fdinfo) else {
+    for fd in fdinfo.flatten() {
+        // Only the fdinfo text, never a `stat` through `/proc/<pid>/fd/N`:
+        // that follows the link into the file's own filesystem, and one
+        // descriptor on a hung mount (a dead FUSE or NFS server) anywhere on
+        // the machine would block every conflict report. The `lock:` lines
+        // name the file by device and inode, which is all we compare.
+        let Ok(info) = std::fs::read_to_string(fd.path()) else {
             continue;
         };
         match lock_in_fdinfo(&info, key) {

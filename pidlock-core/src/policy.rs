@@ -156,10 +156,16 @@ impl<'a> Resolver<'a> {
     fn wait(&self, file: OwnedFd, deadline: Option<Instant>, holder: Holder) -> Result<Next> {
         match waiting::lock_exclusive(file, deadline) {
             Ok(Waited::Locked(file)) => Ok(Next::Locked(file)),
+            // Waited up to the deadline: say so in the units the user gave
+            // (`timeout = "500ms"` reads "after waiting 500ms", not the few
+            // milliseconds of scheduling noise on top).
             Ok(Waited::TimedOut) => Err(Error::TimedOut {
                 path: self.path.to_owned(),
                 holder,
-                waited: self.started.elapsed(),
+                waited: deadline.map_or_else(
+                    || self.started.elapsed(),
+                    |deadline| deadline.saturating_duration_since(self.started),
+                ),
             }),
             Err(errno) => Err(Error::io(self.path, "wait for the lock on", errno)),
         }
