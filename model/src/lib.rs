@@ -1,0 +1,18 @@
+//! Exhaustive models of pidlock's lock protocols, checked with
+//! [stateright](https://docs.rs/stateright) (issue 14).
+//!
+//! - [`one_host`]: the PID file with `flock` (SPEC §4, §5, §10): racing
+//!   instances, crashes, `fork`, `daemonized()`, `restart()`, an outside
+//!   `rm`, `pidlock stop` and takeover, PID reuse.
+//! - [`lease`]: the PostgreSQL lease (SPEC §8) in discrete time with lost
+//!   and delayed messages.
+//! - [`checking`]: running the checker to the end, for the tests.
+//!
+//! The tests in `model/tests/` run the checker to completion and print how
+//! many states it visited; they also check that each safeguard matters (a
+//! mutation of the model without it yields a counterexample) and that the
+//! model's steps are the real library's system calls, in order (strace).
+
+pub mod checking;
+pub mod lease;
+pub mod one_host;
