@@ -7,11 +7,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -158,7 +155,7 @@ fn postgres_second_instance_is_refused_with_the_holders_host_and_pid() {
 }
 
 #[test]
-fn postgres_sigkilled_holder_is_replaced_by_a_waiting_standby_within_a_second() {
+fn postgres_sigkilled_holder_is_replaced_by_a_waiting_standby_after_the_handover() {
     let Some(url) = server() else { return };
     let key = unique_key("sigkill");
     let holder = Process::start(engine(&url, &key));
@@ -176,139 +173,21 @@ fn postgres_sigkilled_holder_is_replaced_by_a_waiting_standby_within_a_second() 
     .unwrap();
     let held = standby.line(common::DEADLINE);
     let took = Duration::from_nanos((field(&held, "at") - killed_at) as u64);
-    eprintln!("standby took over {took:?} after SIGKILL");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
-    assert!(field(&held, "term") > term, "{held} after term {term}");
-}
-
-/// Forwards 127.0.0.1:<port> to the server; `cut` stops all traffic both
-/// ways without closing anything, as a network partition does.
-///
-/// A proxy cannot make the server's own keepalive fire: the proxy's kernel
-/// answers the server's probes. So after `server_gives_up` the proxy closes
-/// its connections to the server, which is what the server does to a dead
-/// client once the keepalive settings the holder's session sets run out.
-struct Partition {
-    port: u16,
-    cut: Arc<AtomicBool>,
-}
-
-impl Partition {
-    fn start(server: &str, server_gives_up: Duration) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let (server, cutting) = (server.to_owned(), Arc::clone(&cut));
-        std::thread::spawn(move || {
-            for client in listener.incoming().map_while(Result::ok) {
-                let upstream = TcpStream::connect(&server).unwrap();
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
-                    (upstream.try_clone().unwrap(), client.try_clone().unwrap()),
-                ] {
-                    let cut = Arc::clone(&cutting);
-                    std::thread::spawn(move || {
-                        let mut buffer = [0; 8192];
-                        let mut cut_since = None;
-                        let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
-                        loop {
-                            match from.read(&mut buffer) {
-                                Ok(0) => break,
-                                Ok(n) if !cut.load(Ordering::SeqCst) => {
-                                    if to.write_all(&buffer[..n]).is_err() {
-                                        break;
-                                    }
-                                }
-                                Ok(_) => {} // dropped on the floor
-                                Err(error)
-                                    if error.kind() == std::io::ErrorKind::WouldBlock
-                                        || error.kind() == std::io::ErrorKind::TimedOut => {}
-                                Err(_) => break,
-                            }
-                            if cut.load(Ordering::SeqCst) {
-                                let since = *cut_since.get_or_insert_with(Instant::now);
-                                if since.elapsed() >= server_gives_up {
-                                    let _ = to.shutdown(std::net::Shutdown::Both);
-                                    let _ = from.shutdown(std::net::Shutdown::Both);
-                                    break;
-                                }
-                            }
-                        }
-                    });
-                }
-            }
-        });
-        Self { port, cut }
-    }
-}
-
-#[test]
-fn postgres_partitioned_holder_stops_within_its_lease_before_the_standby_acquires() {
-    let Some(url) = server() else { return };
-    let key = unique_key("partition");
-    let (lease, grace, server_timeout) = (
-        Duration::from_secs(2),
-        Duration::from_secs(1),
-        Duration::from_secs(6),
-    );
-    let partition = Partition::start("127.0.0.1:5432", server_timeout);
-    let through_proxy = url.replacen(
-        "127.0.0.1:5432",
-        &format!("127.0.0.1:{}", partition.port),
-        1,
-    );
-    assert_ne!(
-        through_proxy, url,
-        "PIDLOCK_TEST_POSTGRES_URL must name 127.0.0.1:5432 for this test"
-    );
-
-    let mut holder = engine(&through_proxy, &key);
-    holder
-        .env("PIDLOCK_TEST_LEASE_MS", lease.as_millis().to_string())
-        .env("PIDLOCK_TEST_HEARTBEAT_MS", "300")
-        .env("PIDLOCK_TEST_GRACE_MS", grace.as_millis().to_string())
-        .env(
-            "PIDLOCK_TEST_SERVER_TIMEOUT_MS",
-            server_timeout.as_millis().to_string(),
-        );
-    let mut holder = Process::start(holder);
-    let term = field(&holder.line(common::DEADLINE), "term");
-    let mut standby = engine(&url, &key);
-    standby.env("PIDLOCK_TEST_WAIT", "1");
-    let standby = Process::start(standby);
-    std::thread::sleep(Duration::from_millis(500));
-
-    let cut_at = common::monotonic_ns();
-    partition.cut.store(true, Ordering::SeqCst);
-    let (status, stopped_at) = exited(&mut holder, common::DEADLINE);
-    let stopped_after = Duration::from_nanos((stopped_at - cut_at) as u64);
-    eprintln!("holder stopped {stopped_after:?} after the partition");
-    assert!(killed_by(status, Signal::SIGTERM), "{status:?}");
+    eprintln!("standby took over {took:?} after SIGKILL (1 s of it the handover)");
+    // The holder did not release the lock: its successor waits the 1 s
+    // handover, and not much more.
     assert!(
-        stopped_after <= lease + Duration::from_millis(500),
-        "stopped after {stopped_after:?}"
-    );
-    let stderr = holder.stderr();
-    assert!(
-        stderr.contains(&format!("Lost the PostgreSQL lock \"{key}\" (term {term})")),
-        "{stderr}"
-    );
-
-    let held = standby.line(common::DEADLINE);
-    let acquired_at = field(&held, "at");
-    eprintln!(
-        "standby acquired {:?} after the holder stopped",
-        Duration::from_nanos((acquired_at - stopped_at).max(0) as u64)
-    );
-    assert!(
-        acquired_at > stopped_at,
-        "two holders: standby at {acquired_at}, holder stopped at {stopped_at}"
+        took >= Duration::from_secs(1) && took < Duration::from_secs(2),
+        "took {took:?}"
     );
     assert!(field(&held, "term") > term, "{held} after term {term}");
 }
 
+/// A terminated backend is learned of at once (tests/postgres_lost.rs
+/// measures it against a server of its own; the real partition is
+/// tests/postgres_partition.rs).
 #[test]
-fn postgres_holder_whose_backend_is_terminated_stops_within_its_lease() {
+fn postgres_holder_whose_backend_is_terminated_stops_at_once() {
     let Some(url) = server() else { return };
     let key = unique_key("terminated");
     let lease = Duration::from_secs(2);
@@ -324,6 +203,7 @@ fn postgres_holder_whose_backend_is_terminated_stops_within_its_lease() {
     // What a server restart does to the session, for this one backend.
     let id = pidlock_core::PgLock::lock_id(&key);
     let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let terminated_at = common::monotonic_ns();
     let ended: bool = admin
         .query_one(
             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted
@@ -333,16 +213,12 @@ fn postgres_holder_whose_backend_is_terminated_stops_within_its_lease() {
         .unwrap()
         .get(0);
     assert!(ended, "the holder's backend was not found in pg_locks");
-    let terminated_at = common::monotonic_ns();
 
     let (status, stopped_at) = exited(&mut holder, common::DEADLINE);
     let stopped_after = Duration::from_nanos((stopped_at - terminated_at) as u64);
     eprintln!("holder stopped {stopped_after:?} after its backend was terminated");
     assert!(killed_by(status, Signal::SIGTERM), "{status:?}");
-    assert!(
-        stopped_after <= lease + Duration::from_millis(500),
-        "{stopped_after:?}"
-    );
+    assert!(stopped_after < Duration::from_secs(1), "{stopped_after:?}");
     assert!(holder.stderr().contains("Lost the PostgreSQL lock"));
     // Nothing runs unprotected: the key is free, and a new holder gets a new term.
     let next = Process::start(engine(&url, &key));

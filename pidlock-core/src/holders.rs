@@ -114,10 +114,17 @@ pub(crate) fn find(identity: Identity) -> Holders {
     if !proc_is_ours() {
         return holders;
     }
+    let key = identity.proc_locks_key();
+    // `/proc/locks` lists every flock the processes of our PID namespace can
+    // see, under the PID that took it. No entry for our file: nobody we could
+    // verify holds it, and the scan below (a read per descriptor on the
+    // machine) is skipped. An entry says nothing about who holds it *now*.
+    if !listed_in_proc_locks(&key) {
+        return holders;
+    }
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return holders;
     };
-    let key = identity.proc_locks_key();
     for entry in entries.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -140,6 +147,19 @@ pub(crate) fn find(identity: Identity) -> Holders {
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn find(_identity: Identity) -> Holders {
     Holders::default()
+}
+
+/// Whether `/proc/locks` has a granted FLOCK entry (not a waiter, `->`) for
+/// the file `key` names. If `/proc/locks` cannot be read, assume it may.
+#[cfg(target_os = "linux")]
+fn listed_in_proc_locks(key: &str) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/locks") else {
+        return true;
+    };
+    table.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        matches!(fields.as_slice(), [_, "FLOCK", _, _, _, file, ..] if *file == key)
+    })
 }
 
 /// Whether `pid` holds the exclusive lock on `identity` right now.

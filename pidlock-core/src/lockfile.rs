@@ -35,12 +35,19 @@ use crate::systemd;
 /// and our lock, which a normal restart does at most once or twice.
 const OPEN_ATTEMPTS: usize = 16;
 
-/// A busy lock whose holder cannot be verified is tried again this many
-/// times, this far apart, before it is reported: an observer's probe lasts
-/// microseconds, and a holder that has locked but not written its PID yet
-/// has written it by then (FreeBSD's `pidfile_open` waits the same 100 ms).
-const UNVERIFIED_ATTEMPTS: u32 = 20;
-const UNVERIFIED_PAUSE: Duration = Duration::from_millis(5);
+/// A busy lock whose holder cannot be verified is tried again for this long
+/// before it is reported: a holder that has locked but not written its PID
+/// yet has written it by then (FreeBSD's `pidfile_open` waits the same
+/// 100 ms), and a holder out of sight stays out of sight.
+const UNVERIFIED_PATIENCE: Duration = Duration::from_millis(100);
+const UNVERIFIED_PAUSE: Duration = Duration::from_millis(1);
+/// How often the lock is tried between two looks for its holder (a look
+/// reads the lock lines of every descriptor on the machine).
+const RETRIES_PER_LOOK: u32 = 5;
+/// When the only visible locks are observers' shared probes, keep trying
+/// this long, this often: observers delay a start, never refuse it.
+const OBSERVED_PATIENCE: Duration = Duration::from_secs(2);
+const OBSERVED_PAUSE: Duration = Duration::from_micros(200);
 
 /// The one-host lock: a PID file held with `flock(2)`.
 ///
@@ -794,20 +801,35 @@ fn busy(file: OwnedFd, stat: &FileStat, path: &Path) -> Busy {
         };
         return Busy::Held(file, error);
     }
-    for attempt in 0..UNVERIFIED_ATTEMPTS {
-        if attempt > 0 {
-            std::thread::sleep(UNVERIFIED_PAUSE);
+    let started = std::time::Instant::now();
+    let mut patience = UNVERIFIED_PATIENCE;
+    loop {
+        let holders = holders::find(identity);
+        if !holders.exclusive.is_empty() {
+            let holder = holders.describe(file_pid(file.as_fd(), path));
+            let path = path.to_owned();
+            return Busy::Held(file, Error::AlreadyRunning { path, holder });
+        }
+        // A visible shared lock is an observer's probe (`status`, `stop`,
+        // `wait`): it lasts microseconds, but observers running in a loop
+        // on a loaded machine can be preempted while they hold it. They may
+        // delay a start, never refuse it.
+        let pause = if holders.shared {
+            patience = OBSERVED_PATIENCE;
+            OBSERVED_PAUSE
+        } else {
+            UNVERIFIED_PAUSE
+        };
+        for _ in 0..RETRIES_PER_LOOK {
+            std::thread::sleep(pause);
             match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)) {
                 Ok(()) => return Busy::Locked(file),
                 Err(Errno::EWOULDBLOCK) => {}
                 Err(errno) => return Busy::Held(file, Error::io(path, "lock", errno)),
             }
         }
-        let holders = holders::find(identity);
-        if !holders.exclusive.is_empty() {
-            let holder = holders.describe(file_pid(file.as_fd(), path));
-            let path = path.to_owned();
-            return Busy::Held(file, Error::AlreadyRunning { path, holder });
+        if started.elapsed() >= patience {
+            break;
         }
     }
     let holder = holders::Holders::default().describe(file_pid(file.as_fd(), path));

@@ -65,10 +65,20 @@ pub fn status(path: impl AsRef<Path>) -> Result<Status> {
         Contents::Pid(pid) => Some(pid),
         Contents::Corrupted(_) => None,
     };
-    Ok(match probe(&file, Identity::of(&stat), path)? {
+    let identity = Identity::of(&stat);
+    Ok(match probe(&file, identity, path)? {
         Some(holders) => Status::Running(holders.describe(file_pid)),
+        // Free now, but the holder may have released cleanly since we opened
+        // it: its file is then gone (or replaced), which is "not running",
+        // not "dead but the PID file exists".
+        None if !still_named(path, identity) => Status::NotRunning,
         None => Status::Stale { pid: file_pid },
     })
+}
+
+/// Whether `path` still names the inode with `identity`.
+fn still_named(path: &Path, identity: Identity) -> bool {
+    lstat(path).is_ok_and(|now| Identity::of(&now) == identity && now.st_nlink > 0)
 }
 
 /// Who holds the lock on `file`: `None` if nobody does; the verified

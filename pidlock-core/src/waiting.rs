@@ -70,6 +70,16 @@ fn lock(file: OwnedFd, operation: i32, deadline: Option<Instant>) -> nix::Result
         retry_eintr(|| flock(file.as_fd(), operation))?;
         return Ok(Waited::Locked(file));
     };
+    // Free already, or no time to wait: answer at once, with no watch and
+    // no thread (observers asking "is it free?" with a zero timeout).
+    match retry_eintr(|| flock(file.as_fd(), operation | nix::libc::LOCK_NB)) {
+        Ok(()) => return Ok(Waited::Locked(file)),
+        Err(nix::errno::Errno::EWOULDBLOCK) if Instant::now() >= deadline => {
+            return Ok(Waited::TimedOut);
+        }
+        Err(nix::errno::Errno::EWOULDBLOCK) => {}
+        Err(errno) => return Err(errno),
+    }
     #[cfg(target_os = "linux")]
     match notified::lock_until(file.as_fd(), operation, deadline, notified::MAX_SLEEP)? {
         notified::Outcome::Locked => return Ok(Waited::Locked(file)),

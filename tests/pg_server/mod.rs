@@ -1,0 +1,436 @@
+//! PostgreSQL servers (and the programs around them) that a test starts for
+//! itself: `initdb` in a temporary directory, a free loopback port (or an
+//! address inside a network namespace the test made), and `pg_ctl stop` plus
+//! removal when dropped. As root they run as the `postgres` user, since
+//! PostgreSQL refuses to run as root.
+//!
+//! Without the server binaries these helpers say so and the tests skip,
+//! except under `CI=true`, where a missing binary fails them.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Long enough for a loaded CI machine, short enough to fail a hung test.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// `None` (and a message) when `what` is missing outside CI; a panic in CI.
+pub fn require<T>(what: &str, found: Option<T>) -> Option<T> {
+    if found.is_none() {
+        assert!(!in_ci(), "CI=true and {what} is missing");
+        eprintln!("skipped: {what} is missing");
+    }
+    found
+}
+
+/// The newest installed PostgreSQL's binaries (Debian's layout), or
+/// `PIDLOCK_TEST_PG_BIN`.
+pub fn pg_bin() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("PIDLOCK_TEST_PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// `command` as the user PostgreSQL and PgBouncer accept: `postgres` when we
+/// are root, ourselves otherwise.
+pub fn as_server_user(program: &Path) -> Command {
+    if is_root() {
+        let mut command = Command::new("setpriv");
+        command
+            .args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
+            .arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Gives `path` to the server user (as root; otherwise it is ours already).
+pub fn chown_to_server_user(path: &Path) {
+    if !is_root() {
+        return;
+    }
+    let user = nix::unistd::User::from_name("postgres")
+        .expect("user database")
+        .expect("no user postgres");
+    nix::unistd::chown(path, Some(user.uid), Some(user.gid)).expect("chown");
+}
+
+/// Runs a command to completion; panics with its output if it fails.
+pub fn run(command: &mut Command) -> String {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{command:?} failed: {text}");
+    text
+}
+
+/// A port nobody listens on right now, on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("free port")
+}
+
+/// How to set up a server.
+#[derive(Default)]
+pub struct Setup {
+    /// Lines for `postgresql.conf`.
+    pub conf: String,
+    /// The whole `pg_hba.conf` (default: trust everyone, TLS or not).
+    pub hba: Option<String>,
+    /// Start it inside this network namespace.
+    pub netns: Option<String>,
+    /// Listen here (default 127.0.0.1).
+    pub listen: Option<String>,
+}
+
+/// A running server of the test's own.
+pub struct PgServer {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    bin: PathBuf,
+    netns: Option<String>,
+}
+
+impl PgServer {
+    /// Starts one, or `None` (outside CI) without the binaries.
+    pub fn start(setup: Setup) -> Option<Self> {
+        let bin = require("PostgreSQL's initdb (/usr/lib/postgresql/*/bin)", pg_bin())?;
+        let dir = tempfile::Builder::new()
+            .prefix("pidlock-pg-")
+            .tempdir()
+            .expect("tempdir");
+        chown_to_server_user(dir.path());
+        let data = dir.path().join("data");
+        run(as_server_user(&bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "--no-instructions",
+                "-E",
+                "UTF8",
+            ])
+            .args(["--locale", "C"]));
+        let port = free_port();
+        let mut conf = format!(
+            "port = {port}\nlisten_addresses = '{}'\nunix_socket_directories = '{}'\n\
+             fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 40\n\
+             shared_buffers = 16MB\nlog_min_messages = warning\n",
+            setup.listen.as_deref().unwrap_or("127.0.0.1"),
+            dir.path().display()
+        );
+        conf.push_str(&setup.conf);
+        append(&data.join("postgresql.conf"), &conf);
+        let hba = setup.hba.unwrap_or_else(|| {
+            "local all all trust\nhost all all 0.0.0.0/0 trust\nhost all all ::/0 trust\n"
+                .to_owned()
+        });
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("pg_hba.conf");
+        let server = Self {
+            dir,
+            port,
+            bin,
+            netns: setup.netns,
+        };
+        server.pg_ctl(&["start", "-w", "-t", "30"]);
+        Some(server)
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `pg_ctl` on this server (in its namespace, as the server user).
+    pub fn pg_ctl(&self, args: &[&str]) -> String {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]);
+                if is_root() {
+                    command.args([
+                        "setpriv",
+                        "--reuid=postgres",
+                        "--regid=postgres",
+                        "--init-groups",
+                    ]);
+                }
+                command.arg(&pg_ctl);
+                command
+            }
+            None => as_server_user(&pg_ctl),
+        };
+        command
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("log"))
+            .args(args);
+        run(&mut command)
+    }
+
+    /// A URL over TCP to `host` (an address the server listens on).
+    pub fn url_at(&self, host: &str) -> String {
+        format!("postgres://postgres@{host}:{}/postgres", self.port)
+    }
+
+    pub fn url(&self) -> String {
+        self.url_at("127.0.0.1")
+    }
+
+    /// A URL through the Unix socket: reachable from any network namespace.
+    pub fn socket_url(&self) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres sslmode=disable",
+            self.dir.path().display(),
+            self.port
+        )
+    }
+
+    /// An administrator's connection (Unix socket, no TLS).
+    pub fn admin(&self) -> postgres::Client {
+        postgres::Client::connect(&self.socket_url(), postgres::NoTls).expect("admin connection")
+    }
+
+    /// The server's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]);
+                if is_root() {
+                    command.args([
+                        "setpriv",
+                        "--reuid=postgres",
+                        "--regid=postgres",
+                        "--init-groups",
+                    ]);
+                }
+                command.arg(&pg_ctl);
+                command
+            }
+            None => as_server_user(&pg_ctl),
+        };
+        let _ = command
+            .arg("-D")
+            .arg(self.data())
+            .args(["stop", "-m", "immediate", "-w"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+pub fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// The advisory key of `key` as `pg_locks` shows it.
+pub fn holder_backend(admin: &mut postgres::Client, key: &str) -> Option<i32> {
+    let id = pidlock_core::PgLock::lock_id(key);
+    admin
+        .query_opt(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+               AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 1",
+            &[&(id >> 32), &(id & 0xffff_ffff)],
+        )
+        .expect("pg_locks")
+        .map(|row| row.get(0))
+}
+
+/// The monotonic clock the fixtures print, in nanoseconds.
+pub fn now_ns() -> i128 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+    i128::from(now.tv_sec()) * 1_000_000_000 + i128::from(now.tv_nsec())
+}
+
+/// A key no other test (or earlier run) uses.
+pub fn unique_key(test: &str) -> String {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+    format!(
+        "pidlock-test-{test}-{}-{}{:09}",
+        std::process::id(),
+        now.tv_sec(),
+        now.tv_nsec()
+    )
+}
+
+/// A started fixture whose stdout lines arrive on a channel.
+pub struct Process {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Process {
+    pub fn start(mut command: Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+        let forward = |pipe: Box<dyn std::io::Read + Send>| {
+            let (send, receive) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let _ = send.send(line);
+                }
+            });
+            receive
+        };
+        let lines = forward(Box::new(child.stdout.take().expect("stdout")));
+        let stderr = forward(Box::new(child.stderr.take().expect("stderr")));
+        Self {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The next stdout line, e.g. `held term=3 at=123`; `None` at the deadline
+    /// or when the process ended.
+    pub fn try_line(&self, within: Duration) -> Option<String> {
+        self.lines.recv_timeout(within).ok()
+    }
+
+    pub fn line(&self, within: Duration) -> String {
+        self.try_line(within).unwrap_or_else(|| {
+            panic!(
+                "no line within {within:?}; stderr: {}",
+                self.stderr_so_far()
+            )
+        })
+    }
+
+    /// The next stdout line that starts with `prefix`.
+    pub fn line_starting(&self, prefix: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.line(left);
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    /// Everything on stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        let mut text = String::new();
+        while let Ok(line) = self.stderr.try_recv() {
+            let _ = writeln!(text, "{line}");
+        }
+        text
+    }
+
+    /// Waits for the exit.
+    pub fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running after {within:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stderr after the exit (all of it).
+    pub fn stderr_all(&self) -> String {
+        let mut text = String::new();
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(2)) {
+            let _ = writeln!(text, "{line}");
+        }
+        text
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn field(line: &str, name: &str) -> i128 {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{name}=")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+}
+
+/// The fixture that holds a `PgLock` (tests/fixtures/pg_engine.rs).
+pub fn engine(url: &str, key: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fixture-pg-engine"));
+    command
+        .env("PIDLOCK_TEST_POSTGRES_URL", url)
+        .env("PIDLOCK_TEST_KEY", key);
+    command
+}
+
+/// Short lease settings (lease 2 s, heartbeat 0.5 s, grace 1 s, server
+/// timeout `server_timeout`).
+pub fn short_lease(command: &mut Command, server_timeout: Duration) -> &mut Command {
+    command
+        .env("PIDLOCK_TEST_LEASE_MS", "2000")
+        .env("PIDLOCK_TEST_HEARTBEAT_MS", "500")
+        .env("PIDLOCK_TEST_GRACE_MS", "1000")
+        .env(
+            "PIDLOCK_TEST_SERVER_TIMEOUT_MS",
+            server_timeout.as_millis().to_string(),
+        )
+}
+
+pub fn ms(ns: i128) -> f64 {
+    ns as f64 / 1e6
+}
