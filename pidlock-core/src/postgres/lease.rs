@@ -92,9 +92,11 @@ impl Lease {
     /// Starts both threads. If either cannot be started the connection is
     /// closed (which frees the lock) and the error returned: a lock nobody
     /// watches must not be handed to the program.
-    pub(super) fn start(client: Client, terms: Terms) -> std::io::Result<Self> {
+    /// `started` is when the server last heard from us before the lock was
+    /// confirmed: the lease counts from there.
+    pub(super) fn start(client: Client, terms: Terms, started: Instant) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
-            started: Instant::now(),
+            started,
             confirmed: AtomicU64::new(0),
             released: AtomicBool::new(false),
             lost: Mutex::new(None),

@@ -280,8 +280,19 @@ impl PgLock {
                     .to_owned(),
             ));
         }
+        // The lease runs from when the server last heard from us, which is
+        // when it received the bump below, not when its reply arrived: a
+        // slow reply must not stretch the lease past the server's timeout.
+        let last_sent = Instant::now();
         let (term, previous) =
             fencing::bump(&mut client, &self.key).map_err(|e| self.pg_error(&e))?;
+        if last_sent.elapsed() >= self.lease {
+            return Err(self.error(format!(
+                "the server took {} to confirm the lock, longer than the {} lease; not trusting it (the lock is released)",
+                messages::duration(last_sent.elapsed()),
+                messages::duration(self.lease)
+            )));
+        }
         TERM.store(term, Ordering::SeqCst);
         let terms = Terms {
             key: self.key.clone(),
@@ -292,7 +303,7 @@ impl PgLock {
             heartbeat: self.heartbeat,
             grace: self.grace,
         };
-        let lease = Lease::start(client, terms).map_err(|e| {
+        let lease = Lease::start(client, terms, last_sent).map_err(|e| {
             clear_term();
             self.error(format!(
                 "could not start the threads that keep the lease ({e}); the lock was released, since nothing would notice losing it"
