@@ -289,3 +289,26 @@ fn a_holder_that_has_not_written_its_pid_is_named_by_the_kernel() {
     );
     assert!(stderr.contains(&format!("kill {me}")), "{stderr}");
 }
+
+/// A restrictive umask (077) must not make the PID file unreadable to
+/// others: `cat` would fail, and another user's start would read
+/// "permission denied" instead of the conflict.
+#[test]
+fn a_restrictive_umask_still_gives_a_0644_file() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("app.pid");
+    let mut command = holder_at(dir.path(), &pid_file);
+    // SAFETY: umask(2) is async-signal-safe and touches no memory.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+            Ok(())
+        });
+    }
+    let _running = start(command);
+    let mode = fs::metadata(&pid_file).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o644, "mode {mode:o}");
+}

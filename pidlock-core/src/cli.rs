@@ -28,6 +28,15 @@ const ERROR: u8 = 4;
 
 /// Runs the command line `args` (without the program name).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    // Like any Unix tool, end quietly when the reader of our output goes
+    // away (`pidlock status PATH | head -1`) instead of panicking in println!.
+    // SAFETY: restoring the default action installs no handler code.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
     let args: Vec<OsString> = args.into_iter().collect();
     if args.iter().any(|arg| arg == "-h" || arg == "--help") {
         println!("{USAGE}");

@@ -10,6 +10,7 @@ use nix::sys::stat::{fstat, fstatat};
 
 use crate::error::{Error, Result};
 use crate::exit_cleanup::{self, HeldLock};
+use crate::holders;
 use crate::lockfile::{Identity, flock, write_pid};
 use crate::pid::Pid;
 use crate::process::Pinned;
@@ -67,7 +68,10 @@ pub fn daemonized() -> Result<()> {
 
 fn take_over(held: &HeldLock) -> Result<()> {
     let previous = Pid::new(held.owner.pid()).map(Pinned::open);
+    // Wait only for an owner that still holds the lock: a parent gone
+    // already may have had its PID given to an unrelated process.
     if let Some(Ok(Some(previous))) = previous
+        && (cfg!(not(target_os = "linux")) || holders::holds(previous.pid(), held.identity))
         && !previous.wait_for_exit(Instant::now() + PREVIOUS_OWNER_PATIENCE)
     {
         return Err(Error::PreviousOwnerRunning {

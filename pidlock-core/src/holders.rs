@@ -56,6 +56,20 @@ impl Holders {
                             .find(|&pid| own_namespace_pid(pid) == Some(named))
                     })
             })
+            .or_else(|| {
+                // Not named by the file: the process whose parent is not a
+                // holder itself (a daemon, not one of its forked workers,
+                // whose PIDs may be lower after the numbers wrapped).
+                let roots: Vec<Pid> = self
+                    .exclusive
+                    .iter()
+                    .copied()
+                    .filter(|&pid| {
+                        parent_of(pid).is_none_or(|parent| !self.exclusive.contains(&parent))
+                    })
+                    .collect();
+                (roots.len() == 1).then(|| roots[0])
+            })
             .unwrap_or(lowest);
         let others = self
             .exclusive
@@ -70,6 +84,25 @@ impl Holders {
             ns_pid,
         }
     }
+}
+
+/// The parent of `pid` (field 4 of `/proc/<pid>/stat`, after the command
+/// name, which may contain spaces and parentheses).
+#[cfg(target_os = "linux")]
+fn parent_of(pid: Pid) -> Option<Pid> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+        .and_then(Pid::new)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn parent_of(_pid: Pid) -> Option<Pid> {
+    None
 }
 
 /// The PID `pid` has in its own (innermost) PID namespace: the last number

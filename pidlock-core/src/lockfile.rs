@@ -626,6 +626,11 @@ fn lock_file(
         };
         if !created {
             check_not_foreign(&file, &now, path, read_only)?;
+        } else if now.st_mode & 0o7777 != 0o644 {
+            // A umask such as 077 narrowed the mode: other users would get
+            // "permission denied" instead of the conflict, and `cat` fails.
+            nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(0o644))
+                .map_err(|errno| Error::io(path, "set the mode of", errno))?;
         }
         return Ok(Locked {
             file,

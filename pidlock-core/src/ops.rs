@@ -153,7 +153,9 @@ pub fn stop_with(
             Waited::TimedOut if !kill => return Ok(Stopped::StillRunning(pid)),
             Waited::TimedOut => open_existing(path)?,
         };
-    let Some((file, stat)) = file else {
+    // The file we asked about is gone or replaced: its holder let go at the
+    // deadline, and whoever holds the new file (a standby) is not ours to kill.
+    let Some((file, stat)) = file.filter(|(_, stat)| Identity::of(stat) == identity) else {
         return Ok(Stopped::Exited(pid));
     };
     let identity = Identity::of(&stat);
