@@ -233,30 +233,36 @@ fn the_notify_socket_is_not_passed_on_to_children() {
     drop(running);
 }
 
-/// Runs the `exit` fixture with stderr on a pipe and `JOURNAL_STREAM` set
-/// to `journal_stream(pipe identity)`.
-fn stderr_with_journal_stream(journal_stream: impl Fn(u64, u64) -> String) -> String {
-    let case = Case::new();
+/// Runs `command` with stderr on a pipe and `JOURNAL_STREAM` set to
+/// `journal_stream(dev, ino)` of that pipe: its status and stderr.
+fn with_journal_stream(
+    mut command: Command,
+    journal_stream: impl Fn(u64, u64) -> String,
+) -> (std::process::ExitStatus, String) {
     let (read_end, write_end) = nix::unistd::pipe().unwrap();
     let stat = nix::sys::stat::fstat(read_end.as_fd()).unwrap();
     #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
     let (dev, ino) = (stat.st_dev as u64, stat.st_ino as u64);
-    let mut command = case.holder(&["exit"], None);
     command
         .env("JOURNAL_STREAM", journal_stream(dev, ino))
         .stdout(Stdio::null())
         .stderr(Stdio::from(write_end));
     let mut child = command.spawn().unwrap();
+    // Our copy of the write end goes with `command`, so the read sees EOF
+    // when the child exits.
     drop(command);
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut std::fs::File::from(read_end), &mut stderr).unwrap();
-    assert!(wait(&mut child).success(), "{stderr}");
-    stderr
+    (wait(&mut child), stderr)
 }
 
 #[test]
 fn lines_carry_syslog_priorities_when_stderr_is_the_journal() {
-    let stderr = stderr_with_journal_stream(|dev, ino| format!("{dev}:{ino}"));
+    let case = Case::new();
+    let (status, stderr) = with_journal_stream(case.holder(&["exit"], None), |dev, ino| {
+        format!("{dev}:{ino}")
+    });
+    assert!(status.success(), "{stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 3, "{stderr}");
     assert!(
@@ -267,7 +273,11 @@ fn lines_carry_syslog_priorities_when_stderr_is_the_journal() {
 
 #[test]
 fn no_priorities_when_journal_stream_names_another_file() {
-    let stderr = stderr_with_journal_stream(|dev, ino| format!("{dev}:{}", ino + 1));
+    let case = Case::new();
+    let (status, stderr) = with_journal_stream(case.holder(&["exit"], None), |dev, ino| {
+        format!("{dev}:{}", ino + 1)
+    });
+    assert!(status.success(), "{stderr}");
     assert!(
         stderr.lines().all(|line| line.starts_with("INFO - ")),
         "{stderr}"
@@ -278,18 +288,10 @@ fn no_priorities_when_journal_stream_names_another_file() {
 fn a_conflict_is_an_error_priority_line_in_the_journal() {
     let case = Case::new();
     let _holder = start(case.holder(&["hold"], None));
-    let (read_end, write_end) = nix::unistd::pipe().unwrap();
-    let stat = nix::sys::stat::fstat(read_end.as_fd()).unwrap();
-    let mut command = case.holder(&["exit"], None);
-    command
-        .env("JOURNAL_STREAM", format!("{}:{}", stat.st_dev, stat.st_ino))
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(write_end));
-    let mut child = command.spawn().unwrap();
-    drop(command);
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut std::fs::File::from(read_end), &mut stderr).unwrap();
-    assert_eq!(wait(&mut child).code(), Some(1));
+    let (status, stderr) = with_journal_stream(case.holder(&["exit"], None), |dev, ino| {
+        format!("{dev}:{ino}")
+    });
+    assert_eq!(status.code(), Some(1));
     assert!(
         stderr.starts_with("<3>ERROR - Another instance is already running"),
         "{stderr}"
