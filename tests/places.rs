@@ -12,7 +12,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use common::*;
@@ -26,37 +26,7 @@ const QUIET: &str = env!("CARGO_BIN_EXE_fixture-quiet");
 const NOBODY: u32 = 65534;
 
 /// A scratch directory with a PID file path in it.
-struct Case {
-    dir: tempfile::TempDir,
-    pid_file: PathBuf,
-}
-
 impl Case {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("app.pid");
-        Self { dir, pid_file }
-    }
-
-    /// `exe` with `args`, in the scratch directory, locking `pid_file`.
-    fn command(&self, exe: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
-        let mut command = Command::new(exe);
-        command
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("PIDLOCK_TEST_PID_FILE", &self.pid_file)
-            .env_remove("PIDLOCK_LOG")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command
-    }
-
-    fn holder(&self, args: &[&str]) -> Command {
-        self.command(HOLDER, args)
-    }
-
     /// `exe args` as PID 1 of a new PID namespace with its own `/proc`, as
     /// in a container without `--init`. `--kill-child`: if `unshare` dies
     /// (a failed test kills it), so does everything in the namespace.

@@ -3,8 +3,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -12,33 +11,8 @@ use common::*;
 use nix::sys::signal::Signal;
 use pidlock_core::{Error, PidLock, Signals, Status};
 
-struct Case {
-    _dir: tempfile::TempDir,
-    pid_file: PathBuf,
-}
-
 impl Case {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("app.pid");
-        Self {
-            _dir: dir,
-            pid_file,
-        }
-    }
-
-    fn command(&self, exe: &str, args: &[&str]) -> Command {
-        let mut command = Command::new(exe);
-        command
-            .args(args)
-            .env("PIDLOCK_TEST_PID_FILE", &self.pid_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command
-    }
-
-    fn holder(&self, mode: &str) -> Running {
+    fn running(&self, mode: &str) -> Running {
         start(self.command(env!("CARGO_BIN_EXE_fixture-holder"), &[mode]))
     }
 }
@@ -103,7 +77,7 @@ fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
 #[test]
 fn wait_takes_over_as_soon_as_the_holder_exits() {
     let case = Case::new();
-    let holder = case.holder("hold");
+    let holder = case.running("hold");
     let waiter = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-wait"), &[]));
     let line = waiter.wait_for_stderr("waiting for it to exit");
     assert_eq!(
@@ -127,7 +101,7 @@ fn wait_takes_over_as_soon_as_the_holder_exits() {
 #[test]
 fn wait_with_a_timeout_gives_up_with_the_exit_code_and_message() {
     let case = Case::new();
-    let holder = case.holder("hold");
+    let holder = case.running("hold");
     let started = Instant::now();
     let (status, stderr) = run(case.command(env!("CARGO_BIN_EXE_fixture-wait-500ms"), &[]));
     assert!(started.elapsed() >= Duration::from_millis(500));
@@ -154,7 +128,7 @@ fn wait_with_a_timeout_gives_up_with_the_exit_code_and_message() {
 #[test]
 fn takeover_sends_sigterm_and_runs_once_the_holder_exited() {
     let case = Case::new();
-    let holder = case.holder("hold");
+    let holder = case.running("hold");
     let old = holder.pid();
     let newcomer = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-takeover"), &[]));
     newcomer.wait_ready();
@@ -169,7 +143,7 @@ fn takeover_sends_sigterm_and_runs_once_the_holder_exited() {
 #[test]
 fn takeover_kills_a_holder_that_ignores_sigterm_after_the_timeout() {
     let case = Case::new();
-    let holder = case.holder("ignore-sigterm");
+    let holder = case.running("ignore-sigterm");
     let started = Instant::now();
     let newcomer = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-takeover"), &[]));
     newcomer.wait_ready();
@@ -224,7 +198,7 @@ fn takeover_never_signals_a_pid_read_from_an_unlocked_file() {
 #[test]
 fn takeover_signals_the_kernels_holder_not_the_pid_in_the_file() {
     let case = Case::new();
-    let holder = case.holder("hold");
+    let holder = case.running("hold");
     let mut bystander = Bystander::start();
     // The file now lies about who holds the lock.
     std::fs::write(&case.pid_file, format!("{}\n", bystander.0.id())).unwrap();

@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -28,39 +28,7 @@ use pidlock_core::{Error, OnConflict, PidLock, Signals, Status, Stopped};
 
 const RELEASE_LINES: [&str; 2] = ["Releasing PID lock", "PID file lock released"];
 
-/// A PID file in a fresh directory.
-struct Case {
-    _dir: tempfile::TempDir,
-    pid_file: PathBuf,
-}
-
 impl Case {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("app.pid");
-        Self {
-            _dir: dir,
-            pid_file,
-        }
-    }
-
-    fn command(&self, exe: &str, args: &[&str]) -> Command {
-        let mut command = Command::new(exe);
-        command
-            .args(args)
-            .env("PIDLOCK_TEST_PID_FILE", &self.pid_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command
-    }
-
-    fn holder(&self, args: &[&str]) -> Command {
-        self.command(env!("CARGO_BIN_EXE_fixture-holder"), args)
-    }
-
-    /// A second instance (`exit` mode) is refused with status 1 and names
-    /// `pid` as the running one.
     fn assert_refused_naming(&self, pid: impl std::fmt::Display) {
         let (status, stderr) = run(self.holder(&["exit"]));
         assert_eq!(

@@ -69,39 +69,18 @@ impl Manager {
     }
 }
 
-struct Case {
-    _dir: tempfile::TempDir,
-    pid_file: PathBuf,
-}
-
 impl Case {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("app.pid");
-        Self {
-            _dir: dir,
-            pid_file,
-        }
-    }
-
-    fn command(&self, exe: &str, args: &[&str], manager: Option<&Manager>) -> Command {
-        let mut command = Command::new(exe);
-        command
-            .args(args)
-            .env("PIDLOCK_TEST_PID_FILE", &self.pid_file)
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+    /// `exe args`, told of `manager`'s socket when there is one.
+    fn supervised(&self, exe: &str, args: &[&str], manager: Option<&Manager>) -> Command {
+        let mut command = self.command(exe, args);
         if let Some(manager) = manager {
             command.env("NOTIFY_SOCKET", &manager.address);
         }
         command
     }
 
-    fn holder(&self, args: &[&str], manager: Option<&Manager>) -> Command {
-        self.command(env!("CARGO_BIN_EXE_fixture-holder"), args, manager)
+    fn supervised_holder(&self, args: &[&str], manager: Option<&Manager>) -> Command {
+        self.supervised(env!("CARGO_BIN_EXE_fixture-holder"), args, manager)
     }
 
     fn holds(&self, pid: u32) -> String {
@@ -114,7 +93,10 @@ impl Case {
 
 fn start_and_stop(manager: &Manager) {
     let case = Case::new();
-    let mut child = case.holder(&["exit"], Some(manager)).spawn().unwrap();
+    let mut child = case
+        .supervised_holder(&["exit"], Some(manager))
+        .spawn()
+        .unwrap();
     assert_eq!(manager.next("holding"), case.holds(child.id()));
     assert!(wait(&mut child).success());
     assert_eq!(
@@ -138,7 +120,7 @@ fn the_abstract_namespace_socket_form_is_reached_too() {
 fn sigterm_sends_stopping_from_the_signal_handler() {
     let manager = Manager::at_path();
     let case = Case::new();
-    let running = start(case.holder(&["hold"], Some(&manager)));
+    let running = start(case.supervised_holder(&["hold"], Some(&manager)));
     assert_eq!(manager.next("holding"), case.holds(running.pid()));
     running.signal(Signal::SIGTERM);
     let (status, stderr) = running.finish();
@@ -153,9 +135,9 @@ fn sigterm_sends_stopping_from_the_signal_handler() {
 fn a_waiting_standby_keeps_asking_for_time_then_reports_the_lock() {
     let manager = Manager::at_path();
     let case = Case::new();
-    let holder = start(case.holder(&["hold"], None));
+    let holder = start(case.supervised_holder(&["hold"], None));
     let mut waiter = case
-        .command(env!("CARGO_BIN_EXE_fixture-wait"), &[], Some(&manager))
+        .supervised(env!("CARGO_BIN_EXE_fixture-wait"), &[], Some(&manager))
         .spawn()
         .unwrap();
     let waiting = format!(
@@ -180,8 +162,8 @@ fn a_waiting_standby_keeps_asking_for_time_then_reports_the_lock() {
 fn a_refused_copy_reports_why_it_did_not_start() {
     let manager = Manager::at_path();
     let case = Case::new();
-    let holder = start(case.holder(&["hold"], None));
-    let (status, stderr) = run(case.holder(&["exit"], Some(&manager)));
+    let holder = start(case.supervised_holder(&["hold"], None));
+    let (status, stderr) = run(case.supervised_holder(&["exit"], Some(&manager)));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert_eq!(
         manager.next("refused"),
@@ -200,7 +182,7 @@ fn restart_is_a_reload_of_the_same_pid() {
     let case = Case::new();
     let log = case.pid_file.with_file_name("starts.log");
     let log_arg = log.display().to_string();
-    let running = start(case.holder(&["restart", &log_arg, "1"], Some(&manager)));
+    let running = start(case.supervised_holder(&["restart", &log_arg, "1"], Some(&manager)));
     let pid = running.pid();
     assert_eq!(manager.next("holding"), case.holds(pid));
     let reloading = manager.next("reloading");
@@ -220,7 +202,7 @@ fn restart_is_a_reload_of_the_same_pid() {
 fn the_notify_socket_is_not_passed_on_to_children() {
     let manager = Manager::at_path();
     let case = Case::new();
-    let running = start(case.holder(&["spawn-child"], Some(&manager)));
+    let running = start(case.supervised_holder(&["spawn-child"], Some(&manager)));
     let child: i32 = running.first_line.trim().parse().unwrap();
     let environ = std::fs::read(format!("/proc/{child}/environ")).unwrap();
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL);
@@ -259,9 +241,10 @@ fn with_journal_stream(
 #[test]
 fn lines_carry_syslog_priorities_when_stderr_is_the_journal() {
     let case = Case::new();
-    let (status, stderr) = with_journal_stream(case.holder(&["exit"], None), |dev, ino| {
-        format!("{dev}:{ino}")
-    });
+    let (status, stderr) =
+        with_journal_stream(case.supervised_holder(&["exit"], None), |dev, ino| {
+            format!("{dev}:{ino}")
+        });
     assert!(status.success(), "{stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 3, "{stderr}");
@@ -274,9 +257,10 @@ fn lines_carry_syslog_priorities_when_stderr_is_the_journal() {
 #[test]
 fn no_priorities_when_journal_stream_names_another_file() {
     let case = Case::new();
-    let (status, stderr) = with_journal_stream(case.holder(&["exit"], None), |dev, ino| {
-        format!("{dev}:{}", ino + 1)
-    });
+    let (status, stderr) =
+        with_journal_stream(case.supervised_holder(&["exit"], None), |dev, ino| {
+            format!("{dev}:{}", ino + 1)
+        });
     assert!(status.success(), "{stderr}");
     assert!(
         stderr.lines().all(|line| line.starts_with("INFO - ")),
@@ -287,10 +271,11 @@ fn no_priorities_when_journal_stream_names_another_file() {
 #[test]
 fn a_conflict_is_an_error_priority_line_in_the_journal() {
     let case = Case::new();
-    let _holder = start(case.holder(&["hold"], None));
-    let (status, stderr) = with_journal_stream(case.holder(&["exit"], None), |dev, ino| {
-        format!("{dev}:{ino}")
-    });
+    let _holder = start(case.supervised_holder(&["hold"], None));
+    let (status, stderr) =
+        with_journal_stream(case.supervised_holder(&["exit"], None), |dev, ino| {
+            format!("{dev}:{ino}")
+        });
     assert_eq!(status.code(), Some(1));
     assert!(
         stderr.starts_with("<3>ERROR - Another instance is already running"),

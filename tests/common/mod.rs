@@ -42,6 +42,45 @@ fn program(exe: &Path, dir: &Path) -> Command {
     command
 }
 
+/// A PID file in a fresh scratch directory, and programs pointed at it
+/// (through `PIDLOCK_TEST_PID_FILE`, which the fixtures read).
+pub struct Case {
+    pub dir: tempfile::TempDir,
+    pub pid_file: PathBuf,
+}
+
+impl Case {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("scratch directory");
+        let pid_file = dir.path().join("app.pid");
+        Self { dir, pid_file }
+    }
+
+    /// `exe` with `args`, in the scratch directory, locking `pid_file`, with
+    /// none of the variables that change what pidlock prints or tells a
+    /// supervisor.
+    pub fn command(&self, exe: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
+        let mut command = Command::new(exe);
+        command
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("PIDLOCK_TEST_PID_FILE", &self.pid_file)
+            .env_remove("PIDLOCK_LOG")
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// The attribute fixture (tests/fixtures/holder.rs) in mode `args[0]`.
+    pub fn holder(&self, args: &[&str]) -> Command {
+        self.command(env!("CARGO_BIN_EXE_fixture-holder"), args)
+    }
+}
+
 /// A started child whose first stdout line has arrived (it holds the lock).
 pub struct Running {
     pub child: Child,
