@@ -693,27 +693,7 @@ fn status_and_wait_in_tight_loops_never_make_a_start_fail() {
     observer_errors.truncate(5);
     assert!(observer_errors.is_empty(), "{observer_errors:#?}");
 
-    let mut spans: Vec<(i128, i128, u32)> = read(&log)
-        .lines()
-        .map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            (
-                fields[1].parse().unwrap(),
-                fields[2].parse().unwrap(),
-                fields[0].parse().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(spans.len(), CHURN_STARTS);
-    spans.sort_unstable();
-    for pair in spans.windows(2) {
-        assert!(
-            pair[0].1 < pair[1].0,
-            "PIDs {} and {} held the lock at the same time",
-            pair[0].2,
-            pair[1].2
-        );
-    }
+    assert_held_one_at_a_time(&log, CHURN_STARTS);
     assert!(!case.pid_file.exists());
 }
 

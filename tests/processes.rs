@@ -1019,17 +1019,6 @@ fn fork_churn_200_rounds_never_has_two_holders() {
     }
     let elapsed = started.elapsed();
 
-    let mut held: Vec<(i128, i128)> = read(&log)
-        .lines()
-        .map(|line| {
-            let fields: Vec<i128> = line.split(' ').map(|f| f.parse().unwrap()).collect();
-            (fields[1], fields[2])
-        })
-        .collect();
-    assert_eq!(held.len(), ROUNDS);
-    held.sort_unstable();
-    for pair in held.windows(2) {
-        assert!(pair[0].1 < pair[1].0, "two holders at once: {pair:?}");
-    }
+    assert_held_one_at_a_time(&log, ROUNDS);
     eprintln!("{ROUNDS} rounds of 3 starts with forking holders in {elapsed:?}");
 }

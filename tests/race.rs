@@ -74,18 +74,7 @@ fn simultaneous_starts_have_one_winner_per_round_and_never_overlap() {
         assert!(!pid_file.exists(), "round {round} left the file behind");
     }
 
-    let mut held: Vec<(i128, i128)> = read(&log)
-        .lines()
-        .map(|line| {
-            let fields: Vec<i128> = line.split(' ').map(|f| f.parse().unwrap()).collect();
-            (fields[1], fields[2])
-        })
-        .collect();
-    assert_eq!(held.len(), ROUNDS);
-    held.sort_unstable();
-    for pair in held.windows(2) {
-        assert!(pair[0].1 < pair[1].0, "two holders at once: {pair:?}");
-    }
+    assert_held_one_at_a_time(&log, ROUNDS);
 }
 
 #[test]

@@ -204,3 +204,27 @@ pub fn release_lines(pid_file: &Path) -> String {
         pid_file.display()
     )
 }
+
+/// Reads the holding intervals the fixtures log (`<pid> <start> <end>` on
+/// the shared monotonic clock, modes "race" and "span"), and asserts there
+/// are `expected` of them and that no two overlap.
+pub fn assert_held_one_at_a_time(log: &Path, expected: usize) {
+    let mut held: Vec<(i128, i128, u32)> = read(log)
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let number = |i: usize| fields[i].parse::<i128>().expect("a logged number");
+            (number(1), number(2), number(0) as u32)
+        })
+        .collect();
+    assert_eq!(held.len(), expected, "holding intervals logged");
+    held.sort_unstable();
+    for pair in held.windows(2) {
+        assert!(
+            pair[0].1 < pair[1].0,
+            "PIDs {} and {} held the lock at the same time: {pair:?}",
+            pair[0].2,
+            pair[1].2
+        );
+    }
+}
