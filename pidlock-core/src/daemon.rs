@@ -9,7 +9,7 @@ use nix::fcntl::AtFlags;
 use nix::sys::stat::{fstat, fstatat};
 
 use crate::error::{Error, Result};
-use crate::exit_cleanup::{self, HeldLock};
+use crate::exit_cleanup::{self, Registration};
 use crate::holders;
 use crate::lockfile::{Identity, flock, write_pid};
 use crate::pid::Pid;
@@ -66,7 +66,7 @@ pub fn daemonized() -> Result<()> {
     Ok(())
 }
 
-fn take_over(held: &HeldLock) -> Result<()> {
+fn take_over(held: &Registration) -> Result<()> {
     let previous = Pid::new(held.owner.pid()).map(Pinned::open);
     // Wait only for an owner that still holds the lock: a parent gone
     // already may have had its PID given to an unrelated process.

@@ -40,6 +40,7 @@ use crate::lockfile::{Identity, unlink_if_ours};
 const SLOTS: usize = 8;
 
 /// What the exit paths need to remove one held file.
+#[derive(Clone)]
 pub(crate) struct Registration {
     pub(crate) dir: RawFd,
     /// The locked descriptor, for [`crate::restart`] and
@@ -154,29 +155,12 @@ pub(crate) fn is_held(identity: Identity) -> bool {
     with_registrations(|registration| registration.identity == identity)
 }
 
-/// A registered lock as normal (non-signal) code sees it.
-pub(crate) struct HeldLock {
-    pub(crate) dir: RawFd,
-    pub(crate) file: RawFd,
-    pub(crate) name: CString,
-    pub(crate) identity: Identity,
-    pub(crate) owner: Arc<Owner>,
-    pub(crate) path: PathBuf,
-}
-
-/// Every registered lock, owned or inherited (normal context only: it
-/// allocates). The descriptors stay open while their guards live.
-pub(crate) fn held() -> Vec<HeldLock> {
+/// Every registered lock, owned or inherited, as copies (normal context
+/// only: it allocates). The descriptors stay open while their guards live.
+pub(crate) fn held() -> Vec<Registration> {
     let mut held = Vec::new();
     with_registrations(|registration| {
-        held.push(HeldLock {
-            dir: registration.dir,
-            file: registration.file,
-            name: registration.name.clone(),
-            identity: registration.identity,
-            owner: Arc::clone(&registration.owner),
-            path: registration.path.clone(),
-        });
+        held.push(registration.clone());
         false
     });
     held
