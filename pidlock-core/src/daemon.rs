@@ -1,7 +1,7 @@
 //! Handing the lock to the child that carries on after a fork: the daemon
 //! pattern (SPEC §10, "Ownership").
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -9,11 +9,11 @@ use nix::fcntl::AtFlags;
 use nix::sys::stat::{fstat, fstatat};
 
 use crate::error::{Error, Result};
-use crate::exit_cleanup::{self, Registration};
 use crate::holders;
-use crate::lockfile::{Identity, flock, write_pid};
 use crate::pid::Pid;
 use crate::process::Pinned;
+use crate::signal_context::{self, Registration};
+use crate::sys::{self, Identity, flock, write_pid};
 
 /// How long [`daemonized`] waits for the previous owner to exit. A parent
 /// leaving through `daemon(3)` is gone within microseconds; one still there
@@ -58,7 +58,7 @@ const PREVIOUS_OWNER_PATIENCE: Duration = Duration::from_secs(10);
 /// before this process took it over; [`Error::Io`] if the PID could not be
 /// written. A lock that fails stays with its previous owner.
 pub fn daemonized() -> Result<()> {
-    for held in exit_cleanup::held() {
+    for held in signal_context::held() {
         if !held.owner.is_current() {
             take_over(&held)?;
         }
@@ -82,17 +82,14 @@ fn take_over(held: &Registration) -> Result<()> {
     let lost = || Error::LockLost {
         path: held.path.clone(),
     };
-    // SAFETY: the registration's guard keeps both descriptors open while it
-    // is in the table, and nothing runs between our read of the table and
-    // here that could drop that guard on this thread; another thread
-    // dropping it concurrently would be a use of the guard across threads
-    // while `daemonized` runs, which the docs rule out.
-    let (dir, file) = unsafe {
-        (
-            BorrowedFd::borrow_raw(held.dir),
-            BorrowedFd::borrow_raw(held.file),
-        )
-    };
+    // Descriptors of our own for the guard's directory and file: the copy
+    // of the registration only has their numbers, and the guard may be
+    // dropped on another thread meanwhile. A number closed (or reused)
+    // since fails the identity checks below.
+    let io = |errno| Error::io(&held.path, "take over", errno);
+    let dir = sys::dup_raw(held.dir).map_err(io)?;
+    let file = sys::dup_raw(held.file).map_err(io)?;
+    let (dir, file) = (dir.as_fd(), file.as_fd());
     // Our descriptor still shares the open file description that holds the
     // lock: taking it again succeeds at once. If it fails, the lock went away
     // (the previous owner released it, closing its copy, and someone else got

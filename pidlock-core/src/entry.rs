@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::backend::{Backend, Held};
 use crate::error::{Error, Result};
+use crate::guard::PidFileGuard;
 use crate::lockfile::PidLock;
 use crate::messages::{self, Level, LogLevel};
 use crate::pid::Pid;
@@ -193,47 +193,53 @@ impl Entry {
     fn acquire(&self) -> Result<InstanceGuard> {
         // The local lock first: it is cheap, and it keeps a second copy on
         // this host from even connecting to the server.
-        let mut held = Vec::with_capacity(2);
         let remote = self.remote_url.is_some();
-        if !remote || self.path.is_some() || self.env.is_some() {
-            let local = PidLock::new(self.resolve_path()?)
+        let local = if !remote || self.path.is_some() || self.env.is_some() {
+            let lock = PidLock::new(self.resolve_path()?)
                 .signals(self.signals)
                 .log_level(self.log_level)
                 // With a remote lock to take too, ready means both are held.
                 .notify_ready(self.notify_ready && !remote)
                 .on_conflict(self.on_conflict);
-            held.push(Backend::acquire(&local)?);
-        }
-        if let Some(url) = &self.remote_url {
-            // On failure, the local lock is released by `held`'s drop.
-            held.push(self.remote(url)?);
-            if self.notify_ready {
-                systemd::notify("READY=1");
-            }
+            Some(lock.acquire()?)
+        } else {
+            None
+        };
+        // On failure, the local lock is released as `local` drops.
+        let remote = match &self.remote_url {
+            Some(url) => Some(self.remote(url)?),
+            None => None,
+        };
+        if remote.is_some() && self.notify_ready {
+            systemd::notify("READY=1");
         }
         Ok(InstanceGuard {
-            held,
+            remote,
+            local,
             notifier: systemd::is_supervised().then(Pid::current),
         })
     }
 
     #[cfg(feature = "postgres")]
-    fn remote(&self, url: &str) -> Result<Box<dyn Held>> {
+    fn remote(&self, url: &str) -> Result<RemoteGuard> {
         let key = self.remote_key.as_deref().unwrap_or(self.name);
-        let remote = crate::postgres::PgLock::new(url, key)
+        crate::postgres::PgLock::new(url, key)
             .on_conflict(self.on_conflict)
-            .quiet(self.log_level.effective() != LogLevel::Info);
-        Backend::acquire(&remote)
+            .quiet(self.log_level.effective() != LogLevel::Info)
+            .acquire()
     }
 
+    /// Unreachable through the attribute, whose `url` does not compile
+    /// without the feature (see [`RemoteLockAvailable`]).
     #[cfg(not(feature = "postgres"))]
-    fn remote(&self, _url: &str) -> Result<Box<dyn Held>> {
+    fn remote(&self, _url: &str) -> Result<RemoteGuard> {
         Err(Error::Remote {
             key: self
                 .remote_key
                 .clone()
                 .unwrap_or_else(|| self.name.to_owned()),
             reason: "this program was built without pidlock-core's `postgres` feature".to_owned(),
+            source: None,
         })
     }
 
@@ -264,12 +270,24 @@ impl Entry {
     }
 }
 
+/// The PostgreSQL lock's guard; nothing can be held there without the
+/// `postgres` feature.
+#[cfg(feature = "postgres")]
+type RemoteGuard = crate::postgres::PgGuard;
+#[cfg(not(feature = "postgres"))]
+type RemoteGuard = std::convert::Infallible;
+
 /// Every lock the attribute took; dropped after `main`'s body, it releases
-/// them in the reverse order of acquisition.
+/// them in the reverse order of acquisition (fields drop in declaration
+/// order: the remote lock first, then the local one).
 #[derive(Debug)]
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct InstanceGuard {
-    held: Vec<Box<dyn Held>>,
+    // Held for their `Drop`, never read.
+    #[allow(dead_code)]
+    remote: Option<RemoteGuard>,
+    #[allow(dead_code)]
+    local: Option<PidFileGuard>,
     /// Under a service manager, the process that took the locks: a `fork()`
     /// child's copy tells systemd nothing. (Not asked for otherwise: it
     /// would cost a system call for nothing.)
@@ -281,9 +299,6 @@ impl Drop for InstanceGuard {
         // `main` has returned: the program is ending.
         if self.notifier.is_some_and(|owner| owner == Pid::current()) {
             systemd::notify("STOPPING=1\nSTATUS=Releasing the lock...");
-        }
-        while let Some(lock) = self.held.pop() {
-            drop(lock);
         }
     }
 }

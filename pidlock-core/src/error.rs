@@ -178,8 +178,11 @@ pub enum Error {
     Remote {
         /// The lock's key.
         key: String,
-        /// What went wrong, in words.
+        /// What went wrong, in words (quoting the cause's own text, so the
+        /// one-line message is complete).
         reason: String,
+        /// The PostgreSQL client's error, when one caused this.
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
     /// The PID file exists and belongs to another user: it is not ours to
     /// write (and nobody holds its lock).
@@ -278,7 +281,7 @@ impl fmt::Display for Error {
             } => write!(
                 f,
                 "another instance is still running ({holder}) after waiting {}; it holds {}",
-                crate::messages::duration(*waited),
+                crate::human::duration(*waited),
                 path.display()
             ),
             Self::HolderUnverified { path, holder } => write!(
@@ -297,7 +300,7 @@ impl fmt::Display for Error {
                 }
                 write!(f, ", holding the PostgreSQL lock \"{key}\"")
             }
-            Self::Remote { key, reason } => {
+            Self::Remote { key, reason, .. } => {
                 write!(f, "cannot use the PostgreSQL lock \"{key}\": {reason}")
             }
             Self::HeldByThisProcess { path } => write!(
@@ -359,6 +362,10 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Io { source, .. } => Some(source),
+            Self::Remote {
+                source: Some(source),
+                ..
+            } => Some(source.as_ref()),
             _ => None,
         }
     }

@@ -52,18 +52,24 @@
 //! target `pidlock` (they always go to stderr too); `postgres` adds the lock
 //! across hosts (`PgLock`, the attribute's `url` and `key`).
 
-mod backend;
-#[doc(hidden)]
-pub mod __cli {
-    //! The `pidlock` binary's code; not a public API.
-    pub use crate::cli::main;
-}
-mod cli;
+// The layers, bottom up; each module imports only from those above it in
+// this list (see the module graph in README's "How the code is laid out"):
+//
+//   pid, human, error          values and their texts
+//   sys                        system calls; sys/linux.rs, sys/other.rs
+//   signal_context             the exit-path table, the handler, atexit
+//   process, holders           other processes, and who holds a lock
+//   systemd, messages          what is said, and where
+//   waiting, policy, restart   waiting for, taking over, keeping a lock
+//   signals, lockfile, guard   the PID-file lock and its guard
+//   status, ops, daemon        looking at and acting on a lock from outside
+//   postgres, telegram, entry  the lock across hosts, bots, the attribute
 mod daemon;
 mod entry;
 mod error;
-mod exit_cleanup;
+mod guard;
 mod holders;
+mod human;
 mod lockfile;
 mod messages;
 mod ops;
@@ -73,8 +79,10 @@ mod policy;
 mod postgres;
 mod process;
 mod restart;
+mod signal_context;
 mod signals;
 mod status;
+mod sys;
 mod systemd;
 mod telegram;
 mod waiting;
@@ -82,7 +90,8 @@ mod waiting;
 pub use daemon::daemonized;
 pub use entry::default_path;
 pub use error::{Error, FileKind, Holder, Result};
-pub use lockfile::{PidFileGuard, PidLock, held_pid_files};
+pub use guard::{PidFileGuard, held_pid_files};
+pub use lockfile::PidLock;
 pub use messages::{LogLevel, ParseLogLevelError};
 pub use ops::{StopSignal, Stopped, stop, stop_with, wait_until_free};
 pub use pid::Pid;

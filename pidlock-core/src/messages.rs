@@ -20,6 +20,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::error::{Error, Holder};
+use crate::human;
 use crate::pid::{Pid, Quote};
 
 /// Continuation lines line up under the text after "ERROR - ".
@@ -271,18 +272,6 @@ pub(crate) fn corrupted(path: &Path, quote: &Quote) {
     );
 }
 
-/// "500ms", "30s", "1.5s", "5m 3s": how long, for people. Integer
-/// arithmetic only: float formatting would add ~17 KB to every binary.
-pub(crate) fn duration(duration: Duration) -> String {
-    let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-    match millis {
-        0..1_000 => format!("{millis}ms"),
-        1_000..60_000 if millis.is_multiple_of(1_000) => format!("{}s", millis / 1_000),
-        1_000..60_000 => format!("{}.{}s", millis / 1_000, millis % 1_000 / 100),
-        _ => format!("{}m {}s", millis / 60_000, millis % 60_000 / 1_000),
-    }
-}
-
 /// The holder line of `systemctl status` (`STATUS=`) and `pidlock status`.
 pub(crate) fn holding_status(pid: Pid, path: &Path) -> String {
     format!("PID {pid} holds the lock on {}", path.display())
@@ -298,7 +287,7 @@ pub(crate) fn waiting_status(path: &Path, holder: &Holder) -> String {
 
 pub(crate) fn waiting(holder: &Holder, timeout: Option<Duration>) {
     let limit = timeout.map_or_else(String::new, |timeout| {
-        format!(" (up to {})", duration(timeout))
+        format!(" (up to {})", human::duration(timeout))
     });
     emit(
         Level::Info,
@@ -310,7 +299,7 @@ pub(crate) fn taking_over(pid: Pid, signal: Signal, grace: Duration) {
     let text = if signal == Signal::SIGKILL {
         format!(
             "PID {pid} did not exit within {}; sending SIGKILL...",
-            duration(grace)
+            human::duration(grace)
         )
     } else {
         format!("Another instance is running (PID: {pid}); sending it {signal} to take over...")
@@ -335,7 +324,7 @@ pub(crate) fn failure(error: &Error, hint: Option<&str>) -> String {
         } => conflict(
             &format!(
                 "Another instance is still running ({holder}) after waiting {}.",
-                duration(*waited)
+                human::duration(*waited)
             ),
             path,
             holder,
@@ -444,14 +433,6 @@ mod tests {
              \x20         kill 12345\n\
              \x20       Or use the /restart command from Telegram."
         );
-    }
-
-    #[test]
-    fn durations_read_like_the_attribute_values() {
-        assert_eq!(duration(Duration::from_millis(500)), "500ms");
-        assert_eq!(duration(Duration::from_secs(30)), "30s");
-        assert_eq!(duration(Duration::from_millis(1500)), "1.5s");
-        assert_eq!(duration(Duration::from_secs(303)), "5m 3s");
     }
 
     #[test]

@@ -10,10 +10,10 @@ use nix::sys::stat::FileStat;
 
 use crate::error::{Error, Result};
 use crate::holders::{self, signal_verified};
-use crate::lockfile::{Identity, read_contents};
 use crate::pid::{Contents, Pid};
 use crate::policy::AFTER_SIGKILL;
 use crate::status::{open_existing, probe};
+use crate::sys::{Identity, read_contents};
 use crate::waiting::{self, Waited};
 
 /// How [`stop`] ended.

@@ -9,9 +9,9 @@ use nix::sys::signal::Signal;
 
 use crate::error::{Error, Holder, Result};
 use crate::holders::signal_verified;
-use crate::lockfile::Identity;
 use crate::messages::{self, Level, LogLevel};
 use crate::pid::Pid;
+use crate::sys::Identity;
 use crate::systemd;
 use crate::waiting::{self, Waited};
 

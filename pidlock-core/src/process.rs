@@ -10,50 +10,36 @@
 //! without pidfds, and other systems, fall back to `kill` on the number,
 //! where a small window remains between check and signal.
 
-#[cfg(target_os = "linux")]
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 
 use crate::pid::Pid;
+use crate::sys;
 
 /// A process we may signal or wait for.
 #[derive(Debug)]
 pub(crate) struct Pinned {
     pid: Pid,
-    #[cfg(target_os = "linux")]
+    /// `None` where pidfds are not available.
     pidfd: Option<OwnedFd>,
 }
 
 impl Pinned {
     /// Pins the process with this PID now; `None` if there is none.
     pub(crate) fn open(pid: Pid) -> nix::Result<Option<Self>> {
-        #[cfg(target_os = "linux")]
-        {
-            // SAFETY: pidfd_open takes a PID and flags and returns a new
-            // descriptor or -1; nothing is borrowed.
-            let raw = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid.get(), 0) };
-            if raw >= 0 {
-                // SAFETY: a successful pidfd_open returned a descriptor we now own.
-                let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
-                return Ok(Some(Self {
-                    pid,
-                    pidfd: Some(pidfd),
-                }));
-            }
-            match Errno::last() {
-                Errno::ESRCH => return Ok(None),
-                // Kernels before 5.3: the number is all we have.
-                Errno::ENOSYS => {}
-                errno => return Err(errno),
-            }
-            Ok(pid.is_alive().then_some(Self { pid, pidfd: None }))
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            Ok(pid.is_alive().then_some(Self { pid }))
+        match sys::pidfd_open(pid) {
+            Ok(pidfd) => Ok(Some(Self {
+                pid,
+                pidfd: Some(pidfd),
+            })),
+            Err(Errno::ESRCH) => Ok(None),
+            // Kernels before 5.3, other systems: the number is all we have.
+            Err(Errno::ENOSYS) => Ok(pid.is_alive().then_some(Self { pid, pidfd: None })),
+            Err(errno) => Err(errno),
         }
     }
 
@@ -63,25 +49,11 @@ impl Pinned {
 
     /// Sends `signal`; false if the process has exited meanwhile.
     pub(crate) fn signal(&self, signal: Signal) -> nix::Result<bool> {
-        #[cfg(target_os = "linux")]
-        if let Some(pidfd) = &self.pidfd {
-            // SAFETY: a valid pidfd, a valid signal number, no siginfo, no flags.
-            let sent = unsafe {
-                nix::libc::syscall(
-                    nix::libc::SYS_pidfd_send_signal,
-                    pidfd.as_raw_fd(),
-                    signal as nix::libc::c_int,
-                    std::ptr::null::<nix::libc::siginfo_t>(),
-                    0,
-                )
-            };
-            return match Errno::result(sent) {
-                Ok(_) => Ok(true),
-                Err(Errno::ESRCH) => Ok(false),
-                Err(errno) => Err(errno),
-            };
-        }
-        match nix::sys::signal::kill(self.pid.as_nix(), signal) {
+        let sent = match &self.pidfd {
+            Some(pidfd) => sys::pidfd_send_signal(pidfd.as_fd(), signal),
+            None => nix::sys::signal::kill(self.pid.as_nix(), signal),
+        };
+        match sent {
             Ok(()) => Ok(true),
             Err(Errno::ESRCH) => Ok(false),
             Err(errno) => Err(errno),
@@ -92,10 +64,7 @@ impl Pinned {
     /// passes; true if it exited. With a pidfd the kernel wakes us; without,
     /// the PID is probed every few milliseconds.
     pub(crate) fn wait_for_exit(&self, deadline: Instant) -> bool {
-        #[cfg(target_os = "linux")]
         if let Some(pidfd) = &self.pidfd {
-            use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-            use std::os::fd::AsFd;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);

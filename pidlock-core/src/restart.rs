@@ -25,10 +25,10 @@ use std::sync::Once;
 use nix::errno::Errno;
 use nix::sys::stat::fstatat;
 
-use crate::exit_cleanup;
-use crate::lockfile::{Identity, Locked, flock, identity_of_raw, unsafe_kind};
 use crate::messages;
 use crate::pid::Pid;
+use crate::signal_context;
+use crate::sys::{Identity, Locked, flock, identity_of_raw, unsafe_kind};
 use crate::systemd;
 
 /// The environment variable that carries the hand-over.
@@ -65,7 +65,7 @@ pub fn restart() -> io::Error {
     }
     // Only what this process owns: a fork child's inherited locks are its
     // parent's, and they close at exec like any close-on-exec descriptor.
-    let held: Vec<(RawFd, Identity)> = exit_cleanup::held()
+    let held: Vec<(RawFd, Identity)> = signal_context::held()
         .into_iter()
         .filter(|held| held.owner.is_current())
         .map(|held| (held.file, held.identity))
@@ -207,7 +207,7 @@ pub(crate) fn adopt(dir: BorrowedFd<'_>, name: &CStr) -> Option<Locked> {
     let on_path = fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
     let identity = Identity::of(&on_path);
     // Adopted already (by an earlier acquisition in this image).
-    if exit_cleanup::is_held(identity) {
+    if signal_context::is_held(identity) {
         return None;
     }
     let &(fd, _) = handed_over.iter().find(|(_, handed)| *handed == identity)?;

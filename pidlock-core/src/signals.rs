@@ -14,44 +14,14 @@
 //! tokio) keep it and call it first. So the handler asks the kernel whether it
 //! is still the installed action, and does nothing if it is not.
 //!
-//! # Signal context
-//!
-//! [`on_signal`] is the only code here that runs in signal context. It calls,
-//! in order:
-//!
-//! - `sigaction(sig, NULL, &old)` to see who is installed: async-signal-safe (POSIX).
-//! - [`exit_cleanup::remove_held_files`]: atomic loads and stores, `getpid`,
-//!   `fstatat` and `unlinkat` on names prepared as C strings when the lock
-//!   was taken, `send(2)` of a constant `STOPPING=1` on a socket connected
-//!   earlier (under systemd); all async-signal-safe (POSIX.1-2008), no
-//!   allocation, no locks.
-//! - `write(2, ...)` of the release lines formatted when the lock was taken:
-//!   async-signal-safe.
-//! - `sigaction(sig, SIG_DFL)`, `pthread_sigmask(SIG_UNBLOCK)`, `raise(sig)`:
-//!   async-signal-safe; the re-raised signal is delivered as soon as it is
-//!   unblocked, with the default action, so the process ends there.
-//! - `_exit(128 + sig)`, async-signal-safe, if the process survived that: the
-//!   first process of a PID namespace (PID 1 in a container) has no default
-//!   action for these signals, and a process whose file is gone must not
-//!   keep running (SPEC §10, "PID 1").
-//!
-//! Only the lock's owner removes files: in a `fork()` child the handler finds
-//! nothing of its own to remove and just dies of the signal (SPEC §10,
-//! "Ownership").
-//!
-//! `errno` is saved and restored around all of it for the case where the
-//! handler returns (it was chained by a handler that replaced it).
+//! What runs in the handler, and why each call is safe there, is in
+//! [`crate::signal_context`].
 
-use std::mem::MaybeUninit;
 use std::sync::Once;
 
-use nix::errno::Errno;
-use nix::libc;
-use nix::sys::signal::{
-    SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, pthread_sigmask, raise, sigaction,
-};
+use nix::sys::signal::Signal;
 
-use crate::exit_cleanup;
+use crate::signal_context;
 
 /// Whether terminating signals remove the PID file (the attribute's
 /// `signals = "..."` key).
@@ -83,100 +53,9 @@ const HANDLED: [Signal; 5] = [
     Signal::SIGABRT,
 ];
 
-/// Installs the handler once per process, for each signal still at its default.
-///
-/// All five are blocked while they are installed: each `sigaction` installs
-/// ours and returns the previous action in one call, and a signal that was not
-/// at its default (ignored under `nohup`, or handled) gets its previous action
-/// back before it is unblocked. A signal arriving in between stays pending and
-/// meets the right action: an ignored one is discarded when `SIG_IGN` is
-/// restored (POSIX), a handled one reaches its handler. Seven system calls
-/// instead of ten for query-then-install.
+/// Installs the handler once per process, for each signal still at its
+/// default.
 pub(crate) fn install() {
     static INSTALLED: Once = Once::new();
-    INSTALLED.call_once(|| {
-        let ours = SigAction::new(
-            SigHandler::Handler(on_signal),
-            // SA_ONSTACK: run on the alternate stack Rust sets up, if any.
-            SaFlags::SA_RESTART | SaFlags::SA_ONSTACK,
-            SigSet::empty(),
-        );
-        let mut handled = SigSet::empty();
-        for signal in HANDLED {
-            handled.add(signal);
-        }
-        let mut previous_mask = SigSet::empty();
-        if pthread_sigmask(
-            SigmaskHow::SIG_BLOCK,
-            Some(&handled),
-            Some(&mut previous_mask),
-        )
-        .is_err()
-        {
-            return;
-        }
-        for signal in HANDLED {
-            // SAFETY: `on_signal` is async-signal-safe (module docs).
-            if let Ok(previous) = unsafe { sigaction(signal, &ours) }
-                && !matches!(previous.handler(), SigHandler::SigDfl)
-            {
-                // SAFETY: puts back exactly what was installed before.
-                let _ = unsafe { sigaction(signal, &previous) };
-            }
-        }
-        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous_mask), None);
-    });
-}
-
-/// The handler currently installed for `signal` (`sa_sigaction`), if the
-/// kernel answers. nix only offers `sigaction` as "install and return the
-/// old", so the query goes to libc directly.
-fn installed_handler(signal: Signal) -> Option<libc::sighandler_t> {
-    let mut current = MaybeUninit::<libc::sigaction>::uninit();
-    // SAFETY: a null new action only reads the current one into `current`.
-    let status = unsafe {
-        libc::sigaction(
-            signal as libc::c_int,
-            std::ptr::null(),
-            current.as_mut_ptr(),
-        )
-    };
-    // SAFETY: initialised by the successful call.
-    (status == 0).then(|| unsafe { current.assume_init() }.sa_sigaction)
-}
-
-fn our_handler() -> libc::sighandler_t {
-    on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t
-}
-
-/// Runs in signal context; see the module docs for why each call is safe there.
-extern "C" fn on_signal(raw: libc::c_int) {
-    let saved_errno = Errno::last_raw();
-    let Ok(signal) = Signal::try_from(raw) else {
-        return;
-    };
-    if installed_handler(signal) == Some(our_handler()) {
-        exit_cleanup::remove_held_files();
-        die_of(signal);
-    }
-    Errno::set_raw(saved_errno);
-}
-
-/// Ends the process with `signal`'s default action.
-fn die_of(signal: Signal) {
-    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    // SAFETY: restoring the default action is always sound.
-    let _ = unsafe { sigaction(signal, &default) };
-    let mut only = SigSet::empty();
-    only.add(signal);
-    let _ = raise(signal);
-    // The signal is blocked while its handler runs; unblocking delivers the
-    // pending one right here with the default action, and the process ends.
-    let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&only), None);
-    // Still here: the kernel dropped the signal instead, as it does for the
-    // first process of a PID namespace (a container without `--init`), which
-    // gets no default action. The file is already gone, so the process must
-    // not run on: end it as `docker run --init` (tini) would, with 128 + n.
-    // SAFETY: `_exit` is async-signal-safe and never returns.
-    unsafe { libc::_exit(128 + signal as libc::c_int) };
+    INSTALLED.call_once(|| signal_context::install_handler(&HANDLED));
 }

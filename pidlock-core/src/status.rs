@@ -9,8 +9,8 @@ use nix::sys::stat::{FileStat, Mode, fstat, lstat};
 
 use crate::error::{Error, Holder, Result};
 use crate::holders::{self, Holders};
-use crate::lockfile::{self, Identity, retry_eintr};
 use crate::pid::{Contents, Pid};
+use crate::sys::{self, Identity, retry_eintr};
 
 /// What a PID file path says about its program (the LSB init-script states).
 ///
@@ -61,7 +61,7 @@ pub fn status(path: impl AsRef<Path>) -> Result<Status> {
     let Some((file, stat)) = open_existing(path)? else {
         return Ok(Status::NotRunning);
     };
-    let file_pid = match lockfile::read_contents(file.as_fd(), &stat, path)? {
+    let file_pid = match sys::read_contents(file.as_fd(), &stat, path)? {
         Contents::Pid(pid) => Some(pid),
         Contents::Corrupted(_) => None,
     };
@@ -88,13 +88,13 @@ pub(crate) fn probe(file: &OwnedFd, identity: Identity, path: &Path) -> Result<O
     if !holders.exclusive.is_empty() {
         return Ok(Some(holders));
     }
-    match lockfile::flock(file.as_fd(), nix::libc::LOCK_SH | nix::libc::LOCK_NB) {
+    match sys::flock(file.as_fd(), nix::libc::LOCK_SH | nix::libc::LOCK_NB) {
         // Held: by a holder that got there after our look, or out of sight.
         Err(Errno::EWOULDBLOCK) => Ok(Some(holders::find(identity))),
         Err(errno) => Err(Error::io(path, "probe the lock on", errno)),
         // Free. Let go of the probe at once rather than when `file` closes.
         Ok(()) => {
-            let _ = lockfile::flock(file.as_fd(), nix::libc::LOCK_UN);
+            let _ = sys::flock(file.as_fd(), nix::libc::LOCK_UN);
             Ok(None)
         }
     }
@@ -114,7 +114,7 @@ pub(crate) fn open_existing(path: &Path) -> Result<Option<(OwnedFd, FileStat)>> 
         Err(Errno::ENOENT) => return Ok(None),
         Err(errno) => {
             return Err(
-                match lstat(path).ok().and_then(|st| lockfile::unsafe_kind(&st)) {
+                match lstat(path).ok().and_then(|st| sys::unsafe_kind(&st)) {
                     Some(kind) => Error::UnsafePath {
                         path: path.to_owned(),
                         kind,
@@ -125,7 +125,7 @@ pub(crate) fn open_existing(path: &Path) -> Result<Option<(OwnedFd, FileStat)>> 
         }
     };
     let stat = fstat(&file).map_err(|errno| Error::io(path, "inspect", errno))?;
-    if let Some(kind) = lockfile::unsafe_kind(&stat) {
+    if let Some(kind) = sys::unsafe_kind(&stat) {
         return Err(Error::UnsafePath {
             path: path.to_owned(),
             kind,

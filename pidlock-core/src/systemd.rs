@@ -16,7 +16,7 @@
 //! pass it on) and must reach both forms. It is a dozen lines of `std`.
 //!
 //! The exit paths that run in a signal handler send `STOPPING=1` too, on the
-//! socket connected by an earlier notification (see [`notify_stopping_raw`]).
+//! socket connected by an earlier notification (see [`crate::signal_context`]).
 //!
 //! When stderr is the journal (`JOURNAL_STREAM` names stderr's device and
 //! inode), every line pidlock writes there starts with its syslog priority
@@ -27,8 +27,10 @@ use std::ffi::{OsStr, OsString};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
+
+use crate::signal_context;
+use crate::sys::{self, Identity};
 
 /// How often a waiting standby asks for more start-up time, and how much it
 /// asks for: three times the interval, so one late message does not matter.
@@ -85,21 +87,18 @@ pub(crate) fn is_supervised() -> bool {
 
 /// The datagram socket connected to the service manager, made at the first
 /// notification and kept (close-on-exec, so children do not get it). Its
-/// number is also published for the signal handler in [`SIGNAL_SOCKET`].
+/// number is also published for the exit paths that run in a signal handler
+/// ([`signal_context::set_stopping_socket`]).
 fn connected() -> Option<&'static UnixDatagram> {
     static CONNECTED: OnceLock<Option<UnixDatagram>> = OnceLock::new();
     CONNECTED
         .get_or_init(|| {
             let socket = connect(socket()?).ok()?;
-            SIGNAL_SOCKET.store(socket.as_raw_fd(), Ordering::SeqCst);
+            signal_context::set_stopping_socket(socket.as_raw_fd());
             Some(socket)
         })
         .as_ref()
 }
-
-/// The connected socket's descriptor, or -1: read by the signal handler,
-/// which may neither allocate nor take a lock (see [`notify_stopping_raw`]).
-static SIGNAL_SOCKET: AtomicI32 = AtomicI32::new(-1);
 
 /// Sends `state` (newline-separated `KEY=value` assignments) to the service
 /// manager, if there is one. Errors are ignored: a supervisor that stopped
@@ -110,48 +109,13 @@ pub(crate) fn notify(state: &str) {
     }
 }
 
-/// What the exit paths that run in a signal handler send: the program is
-/// ending. Async-signal-safe: an atomic load and `send(2)` of a constant on
-/// a socket connected earlier; nothing if no notification was ever sent.
-pub(crate) fn notify_stopping_raw() {
-    const STOPPING: &[u8] = b"STOPPING=1\nSTATUS=Releasing the lock...";
-    let fd = SIGNAL_SOCKET.load(Ordering::SeqCst);
-    if fd >= 0 {
-        // SAFETY: send(2) on a number is defined for any value (EBADF if it
-        // is not open); the buffer is valid for its length.
-        let _ = unsafe {
-            nix::libc::send(
-                fd,
-                STOPPING.as_ptr().cast(),
-                STOPPING.len(),
-                nix::libc::MSG_DONTWAIT | MSG_NOSIGNAL,
-            )
-        };
-    }
-}
-
-/// `MSG_NOSIGNAL` where it exists: a closed peer must not raise SIGPIPE.
-#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
-const MSG_NOSIGNAL: nix::libc::c_int = nix::libc::MSG_NOSIGNAL;
-#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-const MSG_NOSIGNAL: nix::libc::c_int = 0;
-
 /// A datagram socket connected to `address`: a path, or on Linux `@name`
 /// for the abstract namespace.
 fn connect(address: &OsStr) -> std::io::Result<UnixDatagram> {
-    let socket = UnixDatagram::unbound()?;
-    let bytes = address.as_encoded_bytes();
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Some(name) = bytes.strip_prefix(b"@") {
-        #[cfg(target_os = "android")]
-        use std::os::android::net::SocketAddrExt;
-        #[cfg(target_os = "linux")]
-        use std::os::linux::net::SocketAddrExt;
-        let address = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-        socket.connect_addr(&address)?;
-        return Ok(socket);
+    if let Some(name) = address.as_encoded_bytes().strip_prefix(b"@") {
+        return sys::connect_abstract(name);
     }
-    let _ = bytes;
+    let socket = UnixDatagram::unbound()?;
     socket.connect(address)?;
     Ok(socket)
 }
@@ -191,7 +155,7 @@ pub(crate) fn stderr_is_journal() -> bool {
         let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
             return false;
         };
-        crate::lockfile::identity_of_raw(2)
-            .is_some_and(|(identity, _)| identity == crate::lockfile::Identity::from_raw(dev, ino))
+        sys::identity_of_raw(2)
+            .is_some_and(|(identity, _)| identity == Identity::from_raw(dev, ino))
     })
 }

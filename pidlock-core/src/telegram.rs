@@ -9,9 +9,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::exit_cleanup;
 use crate::messages::{self, Level};
 use crate::pid::Pid;
+use crate::signal_context;
 
 /// Markers of the conflict in the forms an error reaches a handler: the API's
 /// description (teloxide's `Display`), and teloxide's variant name (`Debug`).
@@ -67,7 +67,7 @@ impl InstanceConflictReport {
         }
         let seen = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
         if seen == 1 {
-            let held: Vec<String> = exit_cleanup::held_paths()
+            let held: Vec<String> = signal_context::held_paths()
                 .iter()
                 .map(|path| path.display().to_string())
                 .collect();

@@ -43,7 +43,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
-use crate::lockfile::{flock, retry_eintr};
+use crate::sys::{flock, retry_eintr};
 
 /// How a wait ended.
 pub(crate) enum Waited {
@@ -80,7 +80,6 @@ fn lock(file: OwnedFd, operation: i32, deadline: Option<Instant>) -> nix::Result
         Err(nix::errno::Errno::EWOULDBLOCK) => {}
         Err(errno) => return Err(errno),
     }
-    #[cfg(target_os = "linux")]
     match notified::lock_until(file.as_fd(), operation, deadline, notified::MAX_SLEEP)? {
         notified::Outcome::Locked => return Ok(Waited::Locked(file)),
         notified::Outcome::TimedOut => return Ok(Waited::TimedOut),
@@ -89,17 +88,16 @@ fn lock(file: OwnedFd, operation: i32, deadline: Option<Instant>) -> nix::Result
     helper::lock_until(file, operation, deadline)
 }
 
-#[cfg(target_os = "linux")]
+/// The wait woken by close events (inotify on Linux; see [`CloseWatch`]).
 mod notified {
-    use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+    use std::os::fd::BorrowedFd;
     use std::time::{Duration, Instant};
 
     use nix::errno::Errno;
     use nix::libc::LOCK_NB;
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-    use crate::lockfile::flock;
+    use crate::sys::{CloseWatch, flock};
 
     /// The longest sleep between two attempts; see the module docs for the
     /// releases that produce no event.
@@ -112,7 +110,7 @@ mod notified {
     pub(super) enum Outcome {
         Locked,
         TimedOut,
-        /// inotify could not be used; nothing was locked, and the caller
+        /// No close watch could be had; nothing was locked, and the caller
         /// falls back to the helper thread for the rest of the wait.
         Unavailable,
     }
@@ -125,7 +123,7 @@ mod notified {
         deadline: Instant,
         max_sleep: Duration,
     ) -> nix::Result<Outcome> {
-        let Some(inotify) = watch(file) else {
+        let Some(watch) = CloseWatch::new(file) else {
             return Ok(Outcome::Unavailable);
         };
         let mut sleep = max_sleep;
@@ -139,15 +137,12 @@ mod notified {
             if now >= deadline {
                 return Ok(Outcome::TimedOut);
             }
-            let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+            let mut fds = [PollFd::new(watch.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, poll_timeout((deadline - now).min(sleep))) {
                 Ok(0) => sleep = sleep.saturating_mul(2).min(max_sleep),
                 Ok(_) => {
-                    // Only the fact of an event matters, not which one; the
-                    // queue is emptied so that the next `poll` sleeps.
-                    match inotify.read_events() {
-                        Ok(_) | Err(Errno::EAGAIN | Errno::EINTR) => {}
-                        Err(_) => return Ok(Outcome::Unavailable),
+                    if watch.drain().is_err() {
+                        return Ok(Outcome::Unavailable);
                     }
                     sleep = AFTER_EVENT.min(max_sleep);
                 }
@@ -156,26 +151,6 @@ mod notified {
                 Err(_) => return Ok(Outcome::Unavailable),
             }
         }
-    }
-
-    /// A non-blocking inotify instance watching the file open on `file`, or
-    /// `None` if one cannot be had.
-    ///
-    /// The watch is added once: while we keep the descriptor open the inode
-    /// can neither be freed nor its filesystem unmounted, the two things that
-    /// would remove the watch.
-    pub(super) fn watch(file: BorrowedFd<'_>) -> Option<Inotify> {
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
-        let link = format!("/proc/self/fd/{}", file.as_raw_fd());
-        // Closes are how a holder normally lets go, dying included. The file
-        // losing its name (IN_ATTRIB) or its inode going away usually comes
-        // with a release too, and a spurious wake-up costs one retry.
-        let events = AddWatchFlags::IN_CLOSE_WRITE
-            | AddWatchFlags::IN_CLOSE_NOWRITE
-            | AddWatchFlags::IN_DELETE_SELF
-            | AddWatchFlags::IN_ATTRIB;
-        inotify.add_watch(link.as_str(), events).ok()?;
-        Some(inotify)
     }
 
     /// Rounds up: a timeout rounded down to 0 ms would spin until the
@@ -265,7 +240,7 @@ mod tests {
     use nix::libc::{LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN};
 
     use super::*;
-    use crate::lockfile::flock;
+    use crate::sys::flock;
 
     /// Set in the child process that runs the thread-count probe alone.
     const PROBE: &str = "PIDLOCK_WAITING_THREAD_PROBE";
@@ -381,45 +356,6 @@ mod tests {
             assert!(
                 elapsed < PATIENCE / 2,
                 "{via:?}: woken late, after {elapsed:?}"
-            );
-        }
-    }
-
-    /// The premise of the Linux wait: a watch on `/proc/self/fd/N` is a watch
-    /// on the open file itself, named or unlinked, and sees other
-    /// descriptions close.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn watch_through_proc_self_fd_sees_the_file_close() {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        use nix::sys::inotify::AddWatchFlags;
-
-        let dir = tempfile::tempdir().expect("make a temporary directory");
-        let path = dir.path().join("watched.pid");
-        for unlinked in [false, true] {
-            let ours = open(&path);
-            let theirs = open_read_only(&path);
-            if unlinked {
-                std::fs::remove_file(&path).expect("unlink the test file");
-            }
-            let inotify = notified::watch(ours.as_fd()).expect("watch through /proc/self/fd");
-            drop(theirs);
-            // Not read at once: a process spawned meanwhile by another test
-            // holds a copy of `theirs` until it execs, and the close is
-            // reported when that last copy goes.
-            let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
-            let timeout = PollTimeout::try_from(PATIENCE).expect("a valid poll timeout");
-            assert_eq!(
-                poll(&mut fds, timeout),
-                Ok(1),
-                "unlinked: {unlinked}: no event"
-            );
-            let events = inotify.read_events().expect("a queued event");
-            assert!(
-                events
-                    .iter()
-                    .any(|event| event.mask.contains(AddWatchFlags::IN_CLOSE_NOWRITE)),
-                "unlinked: {unlinked}: {events:?}"
             );
         }
     }

@@ -27,7 +27,7 @@ pub enum Role {
     Stopper,
 }
 
-/// Why a process runs `exit_cleanup::remove_held_files`.
+/// Why a process runs `signal_context::remove_held_files`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Leaving {
     /// `std::process::exit` (the `atexit` handler).
@@ -39,7 +39,7 @@ pub enum Leaving {
 /// Where a process is; each names the step it takes next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Pc {
-    // --- lockfile::lock_file / open_file ---
+    // --- lockfile::lock_file / sys::open_file ---
     /// `openat(O_CREAT | O_EXCL)`; where every instance starts.
     Open,
     /// The `fstatat` after `EEXIST` that refuses anything but a file.
@@ -165,7 +165,7 @@ pub struct Proc {
     /// A handed-over descriptor that `restart::adopt` did not adopt: it is
     /// neither adopted nor closed, so it stays open until the process ends.
     pub kept: Option<u8>,
-    /// The guard's `Owner` cell, once registered in `exit_cleanup`: the PID
+    /// The guard's `Owner` cell, once registered in `signal_context`: the PID
     /// of the owner. A fork child inherits a copy that names its parent.
     pub owner: Option<Pid>,
     /// `write_pid` will truncate: the size read under the lock was larger
@@ -200,7 +200,7 @@ impl Proc {
         self.role != Role::Absent && self.pc != Pc::Dead
     }
 
-    /// Whether `exit_cleanup`'s owner check passes (`Owner::is_current`).
+    /// Whether `signal_context`'s owner check passes (`Owner::is_current`).
     pub fn is_owner(&self) -> bool {
         self.owner == Some(self.pid)
     }

@@ -462,7 +462,7 @@ impl OneHost {
         };
     }
 
-    /// `exit_cleanup::remove_held_files` (from `atexit` or `on_signal`): for
+    /// `signal_context::remove_held_files` (from `atexit` or `on_signal`): for
     /// a registered file this process owns, fstatat; then unlink or die.
     fn remove_held_files(&self, state: &mut State, slot: usize, why: Leaving) {
         let proc = state.procs[slot];

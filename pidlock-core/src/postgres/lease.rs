@@ -268,7 +268,7 @@ fn watch(shared: &Shared, terms: &Terms) {
             break (
                 format!(
                     "ownership not confirmed for {}",
-                    messages::duration(terms.lease)
+                    crate::human::duration(terms.lease)
                 ),
                 "Stopping before another instance can take it",
             );
@@ -297,7 +297,7 @@ fn stop(terms: &Terms, reason: &str, stopping: &str) {
              {stopping}: SIGTERM now, exit in {}.",
             terms.key,
             terms.term,
-            messages::duration(terms.grace)
+            crate::human::duration(terms.grace)
         ),
     );
     let _ = nix::sys::signal::kill(Pid::current().as_nix(), nix::sys::signal::Signal::SIGTERM);
@@ -311,7 +311,7 @@ fn stop(terms: &Terms, reason: &str, stopping: &str) {
 /// and end at once.
 fn hard_exit(deadline: Instant) {
     std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-    crate::exit_cleanup::remove_held_files();
+    crate::signal_context::remove_held_files();
     // SAFETY: `_exit` takes no pointers and never returns; skipping atexit
     // handlers and destructors is the point (module docs).
     unsafe { nix::libc::_exit(LOST_LOCK_EXIT_CODE) }

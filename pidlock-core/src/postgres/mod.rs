@@ -85,7 +85,6 @@ pub use lease::LOST_LOCK_EXIT_CODE;
 use self::lease::{Lease, Terms};
 use self::pooler::{Marker, Refusal};
 use self::tls::{SslMode, Tls};
-use crate::backend::{Backend, Held};
 use crate::error::{Error, Result};
 use crate::messages::{self, Level};
 use crate::pid::Pid;
@@ -240,16 +239,16 @@ impl PgLock {
         if self.lease + self.grace >= self.server_timeout || self.heartbeat >= self.lease {
             return Err(self.error(format!(
                 "lease ({}) + grace ({}) must be shorter than the server timeout ({}), and the heartbeat ({}) shorter than the lease",
-                messages::duration(self.lease),
-                messages::duration(self.grace),
-                messages::duration(self.server_timeout),
-                messages::duration(self.heartbeat)
+                crate::human::duration(self.lease),
+                crate::human::duration(self.grace),
+                crate::human::duration(self.server_timeout),
+                crate::human::duration(self.heartbeat)
             )));
         }
         let target = self.target()?;
         let mut client = target
             .connect()
-            .map_err(|e| self.connect_error(&target, &e))?;
+            .map_err(|e| self.connect_error(&target, e))?;
         self.configure(&mut client)?;
         let marker = Marker::take(&mut client).map_err(|refusal| self.refused(refusal))?;
         let probe_target = target.clone();
@@ -268,9 +267,7 @@ impl PgLock {
         }
         let id = Self::lock_id(&self.key);
         self.lock(&mut client, marker, id)?;
-        let seen = marker
-            .seen(&mut client, id)
-            .map_err(|e| self.pg_error(&e))?;
+        let seen = marker.seen(&mut client, id).map_err(|e| self.pg_error(e))?;
         if let Some(seen) = seen.pooler() {
             return Err(self.pooler_error(seen));
         }
@@ -285,12 +282,12 @@ impl PgLock {
         // slow reply must not stretch the lease past the server's timeout.
         let last_sent = Instant::now();
         let (term, previous) =
-            fencing::bump(&mut client, &self.key).map_err(|e| self.pg_error(&e))?;
+            fencing::bump(&mut client, &self.key).map_err(|e| self.pg_error(e))?;
         if last_sent.elapsed() >= self.lease {
             return Err(self.error(format!(
                 "the server took {} to confirm the lock, longer than the {} lease; not trusting it (the lock is released)",
-                messages::duration(last_sent.elapsed()),
-                messages::duration(self.lease)
+                crate::human::duration(last_sent.elapsed()),
+                crate::human::duration(self.lease)
             )));
         }
         TERM.store(term, Ordering::SeqCst);
@@ -329,7 +326,7 @@ impl PgLock {
                     Level::Info,
                     &format!(
                         "The previous holder (host {host}, PID: {pid}) did not release it: waiting {} for it to stop.",
-                        messages::duration(self.handover)
+                        crate::human::duration(self.handover)
                     ),
                 );
             }
@@ -347,25 +344,35 @@ impl PgLock {
         Error::Remote {
             key: self.key.clone(),
             reason,
+            source: None,
         }
     }
 
     /// The error with its cause: postgres' own text alone is often just
     /// "error connecting to server".
-    fn pg_error(&self, error: &postgres::Error) -> Error {
+    fn pg_error(&self, error: postgres::Error) -> Error {
         let mut reason = error.to_string();
-        if let Some(source) = std::error::Error::source(error) {
+        if let Some(source) = std::error::Error::source(&error) {
             let source = source.to_string();
             if !reason.contains(&source) {
                 reason.push_str(&format!(": {source}"));
             }
         }
-        self.error(reason)
+        self.caused_by(reason, error)
     }
 
-    fn connect_error(&self, target: &Target, error: &postgres::Error) -> Error {
-        match target.tls.explain(error, &target.host) {
-            Some(reason) => self.error(reason),
+    /// [`Error::Remote`] keeping the client's error as its `source()`.
+    fn caused_by(&self, reason: String, error: postgres::Error) -> Error {
+        Error::Remote {
+            key: self.key.clone(),
+            reason,
+            source: Some(Box::new(error)),
+        }
+    }
+
+    fn connect_error(&self, target: &Target, error: postgres::Error) -> Error {
+        match target.tls.explain(&error, &target.host) {
+            Some(reason) => self.caused_by(reason, error),
             None => self.pg_error(error),
         }
     }
@@ -381,7 +388,7 @@ impl PgLock {
     fn refused(&self, refusal: Refusal) -> Error {
         match refusal {
             Refusal::Pooler(seen) => self.pooler_error(seen),
-            Refusal::Query(error) => self.pg_error(&error),
+            Refusal::Query(error) => self.pg_error(error),
         }
     }
 
@@ -424,13 +431,13 @@ impl PgLock {
                 self.server_timeout.as_millis(),
                 self.heartbeat.as_millis()
             ))
-            .map_err(|e| self.pg_error(&e))
+            .map_err(|e| self.pg_error(e))
     }
 
     /// Takes the key, in a statement that also checks that the session
     /// carries this connection's marker and nobody else's ([`pooler`]).
     fn lock(&self, client: &mut Client, marker: Marker, id: i64) -> Result<()> {
-        let pg = |e: postgres::Error| self.pg_error(&e);
+        let pg = |e: postgres::Error| self.pg_error(e);
         let refused = || self.pooler_error("the server session is not this connection's alone");
         match marker.lock(client, id, false).map_err(pg)? {
             Some(true) => return Ok(()),
@@ -487,12 +494,6 @@ impl PgLock {
             host,
             pid,
         }
-    }
-}
-
-impl Backend for PgLock {
-    fn acquire(&self) -> Result<Box<dyn Held>> {
-        PgLock::acquire(self).map(|guard| Box::new(guard) as Box<dyn Held>)
     }
 }
 
@@ -567,8 +568,6 @@ impl Drop for PgGuard {
         self.lease.release();
     }
 }
-
-impl Held for PgGuard {}
 
 #[cfg(test)]
 mod tests {

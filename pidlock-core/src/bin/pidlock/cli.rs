@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::{Holder, Pid, Status, StopSignal, Stopped};
+use pidlock_core::{Error, Holder, Pid, Status, StopSignal, Stopped};
 
 const USAGE: &str = "\
 usage: pidlock status PATH
@@ -27,7 +27,7 @@ const NOT_RUNNING: u8 = 3;
 const ERROR: u8 = 4;
 
 /// Runs the command line `args` (without the program name).
-pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+pub(crate) fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     // Like any Unix tool, end quietly when the reader of our output goes
     // away (`pidlock status PATH | head -1`) instead of panicking in println!.
     // SAFETY: restoring the default action installs no handler code.
@@ -115,15 +115,15 @@ impl Command {
 
     fn run(self) -> u8 {
         match self {
-            Self::Status(path) => match crate::status(&path) {
+            Self::Status(path) => match pidlock_core::status(&path) {
                 Ok(Status::Running(holder)) => {
                     println!("{}: running ({})", path.display(), describe_holder(&holder));
                     if holder.is_verified()
                         && let Some(pid) = holder.pid()
                     {
-                        // The line systemd shows as the holder's STATUS=.
+                        // The same line the holder sends systemd as STATUS=.
                         let absolute = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
-                        println!("  {}", crate::messages::holding_status(pid, &absolute));
+                        println!("  PID {pid} holds the lock on {}", absolute.display());
                         print_process(pid);
                     }
                     RUNNING
@@ -148,7 +148,7 @@ impl Command {
                 timeout,
                 kill,
                 signal,
-            } => match crate::stop_with(&path, signal, timeout, kill) {
+            } => match pidlock_core::stop_with(&path, signal, timeout, kill) {
                 Ok(Stopped::NotRunning) => {
                     println!("{}: not running", path.display());
                     0
@@ -158,18 +158,13 @@ impl Command {
                     0
                 }
                 Ok(Stopped::Killed(pid)) => {
-                    println!(
-                        "{}: PID {pid} killed after {}",
-                        path.display(),
-                        crate::messages::duration(timeout)
-                    );
+                    println!("{}: PID {pid} killed after {timeout:?}", path.display(),);
                     0
                 }
                 Ok(Stopped::StillRunning(pid)) => {
                     eprintln!(
-                        "pidlock: {}: PID {pid} is still running after {}{}",
+                        "pidlock: {}: PID {pid} is still running after {timeout:?}{}",
                         path.display(),
-                        crate::messages::duration(timeout),
                         if kill {
                             " and SIGKILL"
                         } else {
@@ -180,13 +175,13 @@ impl Command {
                 }
                 Err(error) => fail(&error),
             },
-            Self::Wait { path, timeout } => match crate::wait_until_free(&path, timeout) {
+            Self::Wait { path, timeout } => match pidlock_core::wait_until_free(&path, timeout) {
                 Ok(true) => 0,
                 Ok(false) => {
                     eprintln!(
-                        "pidlock: {}: still held after {}",
+                        "pidlock: {}: still held after {:?}",
                         path.display(),
-                        crate::messages::duration(timeout.unwrap_or_default())
+                        timeout.unwrap_or_default()
                     );
                     1
                 }
@@ -196,7 +191,7 @@ impl Command {
     }
 }
 
-fn fail(error: &crate::Error) -> u8 {
+fn fail(error: &Error) -> u8 {
     eprintln!("pidlock: {error}");
     ERROR
 }
@@ -244,10 +239,7 @@ fn print_process(pid: Pid) {
             .unwrap_or_default();
         let ago = match ago.as_secs() {
             0 => "just now".to_owned(),
-            secs => format!(
-                "{} ago",
-                crate::messages::duration(Duration::from_secs(secs))
-            ),
+            secs => format!("{:?} ago", Duration::from_secs(secs)),
         };
         println!("  started: {} ({ago})", utc(started));
     }
@@ -299,7 +291,7 @@ fn utc(time: SystemTime) -> String {
 }
 
 /// "500ms", "30s", "5m", "1h", the grammar of the attribute's `timeout`.
-pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+fn parse_duration(text: &str) -> Option<Duration> {
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().ok()?;

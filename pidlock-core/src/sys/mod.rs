@@ -1,0 +1,309 @@
+//! The system layer: every system call the lock makes on the PID file and
+//! its directory, and (in the per-platform files) what only some kernels
+//! offer. Everything above calls down into this module; it calls nothing
+//! above it but the error and PID types it returns.
+//!
+//! The file protocol follows FreeBSD's `flopen(3)`: open (creating if
+//! needed) without following links or blocking on FIFOs, refuse anything but
+//! a regular file, lock, then check that the path still names what was
+//! locked (see [`crate::lockfile`] for the loop that retries).
+//!
+//! One `cfg` switch picks the platform file, as fd-lock's `sys/` does:
+//! `linux.rs` (pidfds, `/proc`, inotify, `O_PATH`, abstract sockets) and
+//! `other.rs` (the same names, answering "not available" on the BSDs and
+//! macOS), so no module above has a `cfg(target_os)` of its own.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstatat};
+use nix::unistd::ftruncate;
+
+use crate::error::{Error, FileKind, Result};
+use crate::pid::{self, Contents, Pid};
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+use linux as platform;
+#[cfg(not(target_os = "linux"))]
+mod other;
+#[cfg(not(target_os = "linux"))]
+use other as platform;
+
+pub(crate) use platform::{
+    CloseWatch, DIRECTORY_FLAGS, MSG_NOSIGNAL, connect_abstract, lock_held_by, own_namespace_pid,
+    parent_of, pidfd_open, pidfd_send_signal, scan_locks,
+};
+
+/// The kind of `flock` a process holds on a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockKind {
+    /// `LOCK_EX`: an instance.
+    Exclusive,
+    /// `LOCK_SH`: an observer probing for an instant.
+    Shared,
+}
+
+/// Which inode a path named when we locked it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Identity {
+    dev: u64,
+    ino: u64,
+}
+
+impl Identity {
+    // The casts widen `dev_t`/`ino_t`, whose width differs between platforms.
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    pub(crate) fn of(stat: &FileStat) -> Self {
+        Self::from_raw(stat.st_dev as u64, stat.st_ino as u64)
+    }
+
+    pub(crate) fn from_raw(dev: u64, ino: u64) -> Self {
+        Self { dev, ino }
+    }
+
+    /// `dev` and `ino`, as written into the restart hand-over.
+    pub(crate) fn raw(self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+
+    pub(crate) fn same_file(self, other: &FileStat) -> bool {
+        self == Self::of(other)
+    }
+}
+
+/// The inode a raw descriptor number refers to, if it is open. The raw
+/// `fstat` takes a number, not a borrowed descriptor: on one that is not
+/// open it fails with `EBADF`, which is all the callers need to know.
+pub(crate) fn identity_of_raw(fd: RawFd) -> Option<(Identity, FileStat)> {
+    let mut stat = std::mem::MaybeUninit::<nix::libc::stat>::uninit();
+    // SAFETY: fstat on any number is defined (EBADF if closed) and fills
+    // `stat` on success.
+    let status = unsafe { nix::libc::fstat(fd, stat.as_mut_ptr()) };
+    (status == 0).then(|| {
+        // SAFETY: initialised by the successful call.
+        let stat = unsafe { stat.assume_init() };
+        (Identity::of(&stat), stat)
+    })
+}
+
+/// A file we hold the lock on, verified to be the one the path names.
+pub(crate) struct Locked {
+    pub(crate) file: OwnedFd,
+    pub(crate) stat: FileStat,
+    /// We created it just now, so it holds nothing to report on.
+    pub(crate) created: bool,
+}
+
+pub(crate) fn split(path: &Path) -> Result<(&Path, CString)> {
+    let invalid = |reason| Error::InvalidPath {
+        path: path.to_owned(),
+        reason,
+    };
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(invalid("it has no file name"));
+    };
+    let name = CString::new(name.as_bytes()).map_err(|_| invalid("it contains a NUL byte"))?;
+    Ok((parent, name))
+}
+
+/// Opens the directory the PID file lives in, creating it (0755) if missing.
+pub(crate) fn open_dir(parent: &Path, path: &Path) -> Result<OwnedFd> {
+    let open = || retry_eintr(|| nix::fcntl::open(parent, DIRECTORY_FLAGS, Mode::empty()));
+    match open() {
+        Ok(dir) => Ok(dir),
+        Err(Errno::ENOENT) => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(|source| Error::Io {
+                    path: path.to_owned(),
+                    action: "create the directory of",
+                    source,
+                })?;
+            open().map_err(|errno| Error::io(path, "open the directory of", errno))
+        }
+        Err(errno) => Err(Error::io(path, "open the directory of", errno)),
+    }
+}
+
+/// Opens the PID file, creating it if absent. `Err(None)` means "vanished
+/// under us, try again".
+///
+/// `O_CREAT | O_EXCL` first tells us, without another system call, whether the
+/// file is new (nothing to read) or was left behind (stale or corrupted). An
+/// existing path is looked at before it is opened: a device is never opened
+/// (opening one can have effects), and `O_NOCTTY` keeps a terminal swapped in
+/// at the last moment from becoming ours. `O_NOFOLLOW` refuses a symlink;
+/// `O_NONBLOCK` keeps a FIFO from blocking the open; `O_CLOEXEC` keeps
+/// children from inheriting the lock. A file we may not write (another
+/// user's) is opened read-only: enough to lock it and learn whether its
+/// instance runs, which is what the user needs to hear.
+pub(crate) fn open_file(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    path: &Path,
+) -> std::result::Result<Opened, Option<Error>> {
+    let flags =
+        OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+    let create = flags | OFlag::O_CREAT | OFlag::O_EXCL;
+    let mode = Mode::from_bits_truncate(0o644);
+    match retry_eintr(|| openat(dir, name, create, mode)) {
+        Ok(file) => {
+            return Ok(Opened {
+                file,
+                created: true,
+                read_only: false,
+            });
+        }
+        Err(Errno::EEXIST) => {}
+        Err(errno) => return Err(Some(open_error(dir, name, path, "create", errno))),
+    }
+    match fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(existing) => {
+            if let Some(kind) = unsafe_kind(&existing) {
+                return Err(Some(Error::UnsafePath {
+                    path: path.to_owned(),
+                    kind,
+                }));
+            }
+        }
+        Err(Errno::ENOENT) => return Err(None),
+        Err(errno) => return Err(Some(Error::io(path, "inspect", errno))),
+    }
+    let (file, read_only) = match retry_eintr(|| openat(dir, name, flags, Mode::empty())) {
+        Ok(file) => (file, false),
+        Err(Errno::EACCES) => {
+            let read_only = (flags - OFlag::O_RDWR) | OFlag::O_RDONLY;
+            match retry_eintr(|| openat(dir, name, read_only, Mode::empty())) {
+                Ok(file) => (file, true),
+                Err(Errno::ENOENT) => return Err(None),
+                Err(errno) => return Err(Some(open_error(dir, name, path, "open", errno))),
+            }
+        }
+        Err(Errno::ENOENT) => return Err(None),
+        Err(errno) => return Err(Some(open_error(dir, name, path, "open", errno))),
+    };
+    Ok(Opened {
+        file,
+        created: false,
+        read_only,
+    })
+}
+
+/// A PID file just opened.
+pub(crate) struct Opened {
+    pub(crate) file: OwnedFd,
+    /// We created it, so it holds nothing to report on and is ours.
+    pub(crate) created: bool,
+    /// We may not write it: it is not ours, or not writable.
+    pub(crate) read_only: bool,
+}
+
+/// Explains a failed open: a symlink (`ELOOP`, `EMLINK` on FreeBSD), a
+/// directory (`EISDIR`) or a socket (`ENXIO`) is named as such.
+fn open_error(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    path: &Path,
+    action: &'static str,
+    errno: Errno,
+) -> Error {
+    let kind = fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .ok()
+        .and_then(|stat| unsafe_kind(&stat));
+    match kind {
+        Some(kind) => Error::UnsafePath {
+            path: path.to_owned(),
+            kind,
+        },
+        None => Error::io(path, action, errno),
+    }
+}
+
+pub(crate) fn unsafe_kind(stat: &FileStat) -> Option<FileKind> {
+    let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
+    Some(match kind {
+        SFlag::S_IFREG => return None,
+        SFlag::S_IFLNK => FileKind::Symlink,
+        SFlag::S_IFDIR => FileKind::Directory,
+        SFlag::S_IFIFO => FileKind::Fifo,
+        SFlag::S_IFSOCK => FileKind::Socket,
+        SFlag::S_IFCHR => FileKind::CharDevice,
+        _ => FileKind::BlockDevice,
+    })
+}
+
+/// Reads what the file says, at most [`pid::READ_LIMIT`] bytes of it.
+pub(crate) fn read_contents(
+    file: BorrowedFd<'_>,
+    stat: &FileStat,
+    path: &Path,
+) -> Result<Contents> {
+    let mut head = [0; pid::READ_LIMIT];
+    let n = retry_eintr(|| nix::sys::uio::pread(file, &mut head, 0))
+        .map_err(|errno| Error::io(path, "read", errno))?;
+    let len = u64::try_from(stat.st_size).unwrap_or(0).max(n as u64);
+    Ok(Contents::parse(&head[..n], len))
+}
+
+/// Writes `"<pid>\n"` at offset 0, then truncates to that length if the file
+/// was longer, never to zero first: truncating to zero and rewriting makes
+/// ext4 flush the file on close (its `auto_da_alloc` heuristic), a disk write
+/// per start, and a reader never sees an empty file.
+pub(crate) fn write_pid(file: BorrowedFd<'_>, pid: Pid, size: i64, path: &Path) -> Result<()> {
+    let mut buf = [0; 12];
+    let text = pid::render(pid, &mut buf);
+    match retry_eintr(|| nix::sys::uio::pwrite(file, text, 0)) {
+        Ok(n) if n == text.len() => {}
+        Ok(_) => {
+            return Err(Error::Io {
+                path: path.to_owned(),
+                action: "write the PID into",
+                source: io::Error::new(io::ErrorKind::WriteZero, "short write"),
+            });
+        }
+        Err(errno) => return Err(Error::io(path, "write the PID into", errno)),
+    }
+    let len = text.len() as i64;
+    if size > len {
+        retry_eintr(|| ftruncate(file, len)).map_err(|errno| Error::io(path, "truncate", errno))?;
+    }
+    Ok(())
+}
+
+/// `flock(2)`. nix's `Flock` wrapper unlocks on drop, which would add a system
+/// call to every release and briefly free the lock before the unlink; the
+/// lock must instead die with the descriptor, after the unlink.
+pub(crate) fn flock(file: BorrowedFd<'_>, operation: i32) -> nix::Result<()> {
+    // SAFETY: `file` is a valid open descriptor for the duration of the call.
+    Errno::result(unsafe { nix::libc::flock(file.as_raw_fd(), operation) }).map(drop)
+}
+
+/// Repeats a system call interrupted by a signal.
+pub(crate) fn retry_eintr<T>(mut call: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
+    loop {
+        match call() {
+            Err(Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+/// A descriptor of our own for the open file a raw number refers to, if it
+/// is open: `fcntl(F_DUPFD_CLOEXEC)` on a number fails with `EBADF` when it
+/// is not, so no borrowed descriptor is ever made of one that may be closed.
+pub(crate) fn dup_raw(fd: RawFd) -> nix::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on any number is defined (EBADF if closed) and
+    // returns a new descriptor that nothing else owns.
+    let new = Errno::result(unsafe { nix::libc::fcntl(fd, nix::libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: `new` was just returned to us by the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
