@@ -48,9 +48,16 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Features: `log` and `tracing` also emit pidlock's messages as records with
-//! target `pidlock` (they always go to stderr too); `postgres` adds the lock
-//! across hosts (`PgLock`, the attribute's `url` and `key`).
+//! Features:
+//!
+//! - `log`, `tracing`: pidlock's lines become records with target `pidlock`
+//!   when the program installed a logger or subscriber (each line goes to
+//!   one place: a `tracing` subscriber, else a `log` logger, else stderr).
+//! - `postgres`: the lock across hosts (`PgLock`, the attribute's `url`
+//!   and `key`).
+//! - `telegram` (default): Telegram's 409 "another poller" error recognised
+//!   and explained ([`InstanceConflictReport`]); `teloxide` adds a ready
+//!   teloxide `ErrorHandler` for it.
 
 // The layers, bottom up; each module imports only from those above it in
 // this list (see the module graph in README's "How the code is laid out"):
@@ -84,6 +91,7 @@ mod signals;
 mod status;
 mod sys;
 mod systemd;
+#[cfg(feature = "telegram")]
 mod telegram;
 mod waiting;
 
@@ -103,6 +111,7 @@ pub use restart::restart;
 pub use signals::Signals;
 pub use status::{Status, status};
 pub use systemd::notify_socket;
+#[cfg(feature = "telegram")]
 pub use telegram::{InstanceConflictReport, is_instance_conflict};
 
 /// What `#[single_instance]` expands to. Not a public API: it changes with the

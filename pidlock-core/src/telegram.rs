@@ -6,12 +6,18 @@
 //! knocking each other off. When a bot's error handler sees that error, the
 //! useful question is whether the other poller could have been stopped by
 //! the local lock: if this process holds it, the other poller is elsewhere.
+//!
+//! With the `teloxide` feature, [`InstanceConflictReport`] is also a ready
+//! teloxide `ErrorHandler`: one line in a bot's dispatcher.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::messages::{self, Level};
 use crate::pid::Pid;
 use crate::signal_context;
+
+#[cfg(feature = "teloxide")]
+mod teloxide_handler;
 
 /// Markers of the conflict in the forms an error reaches a handler: the API's
 /// description (teloxide's `Display`), and teloxide's variant name (`Debug`).

@@ -27,6 +27,8 @@ impl Holder {
         // SAFETY: the child makes only async-signal-safe calls (signal,
         // open, flock, write, pause) and never returns.
         match unsafe { fork() }.unwrap() {
+            // SAFETY: as above: raw async-signal-safe calls on a path
+            // prepared before the fork.
             ForkResult::Child => unsafe {
                 if ignore_sigterm {
                     libc::signal(libc::SIGTERM, libc::SIG_IGN);

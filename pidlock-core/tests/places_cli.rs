@@ -34,6 +34,8 @@ impl Holder {
         // flock, getpid, write, pause), formats on the stack and never
         // returns.
         match unsafe { fork() }.unwrap() {
+            // SAFETY: as above: raw async-signal-safe calls on a path
+            // prepared before the fork and on stack buffers.
             ForkResult::Child => unsafe {
                 let fd = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o644);
                 libc::flock(fd, libc::LOCK_EX);

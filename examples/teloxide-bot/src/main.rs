@@ -18,14 +18,10 @@
 //! `TELEGRAM_API_URL` points the bot at another Bot API server (a local one,
 //! or the test double); `BOT_PID_FILE` moves the lock from `data/bot.pid`.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use pidlock_core::InstanceConflictReport;
-use teloxide::RequestError;
-use teloxide::error_handlers::ErrorHandler;
 use teloxide::prelude::*;
 use teloxide::update_listeners;
 use teloxide::utils::command::BotCommands;
@@ -36,25 +32,6 @@ use tokio::sync::Notify;
 enum Command {
     #[command(description = "restart the bot without letting another instance in")]
     Restart,
-}
-
-/// Polling errors: Telegram's "another poller" conflict gets the full
-/// INSTANCE CONFLICT report; anything else is printed as it is.
-struct PollingErrors {
-    conflicts: InstanceConflictReport,
-}
-
-impl ErrorHandler<RequestError> for PollingErrors {
-    fn handle_error(
-        self: Arc<Self>,
-        error: RequestError,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let text = error.to_string();
-        if !self.conflicts.check(&text) {
-            eprintln!("ERROR - polling: {text}");
-        }
-        Box::pin(async {})
-    }
 }
 
 #[pidlock_core::single_instance(
@@ -122,10 +99,10 @@ async fn main() {
     }
 
     let listener = update_listeners::polling_default(bot).await;
-    let errors = Arc::new(PollingErrors {
-        conflicts: InstanceConflictReport::new(),
-    });
-    dispatcher.dispatch_with_listener(listener, errors).await;
+    // Telegram's 409 gets the INSTANCE CONFLICT report; other errors a line.
+    dispatcher
+        .dispatch_with_listener(listener, InstanceConflictReport::handler())
+        .await;
 
     if restart_requested.load(Ordering::SeqCst) {
         // Returns only if the exec failed; the lock is still held then.
