@@ -30,6 +30,10 @@ impl Holder {
             // SAFETY: as above: raw async-signal-safe calls on a path
             // prepared before the fork.
             ForkResult::Child => unsafe {
+                // A shell without job control starts background commands
+                // with SIGINT ignored, and dispositions are inherited: the
+                // holder must die of SIGINT whoever started the tests.
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
                 if ignore_sigterm {
                     libc::signal(libc::SIGTERM, libc::SIG_IGN);
                 }
