@@ -78,6 +78,11 @@ pub(crate) enum OnConflict {
     Takeover,
 }
 
+impl OnConflict {
+    /// The accepted values, as written.
+    pub(crate) const NAMES: &[&str] = &["exit", "wait", "takeover"];
+}
+
 impl FromStr for OnConflict {
     type Err = String;
 
@@ -87,10 +92,10 @@ impl FromStr for OnConflict {
             "wait" => Ok(Self::Wait),
             "takeover" => Ok(Self::Takeover),
             other => {
-                let message = "expected on_conflict = \"exit\", \"wait\" or \"takeover\"";
-                Err(match near_miss(other, &["exit", "wait", "takeover"]) {
+                let message = expected("on_conflict", Self::NAMES);
+                Err(match near_miss(other, Self::NAMES) {
                     Some(near) => format!("{message}; did you mean \"{near}\"?"),
-                    None => message.to_owned(),
+                    None => message,
                 })
             }
         }
@@ -105,6 +110,11 @@ pub(crate) enum SignalsMode {
     None,
 }
 
+impl SignalsMode {
+    /// The accepted values, as written.
+    pub(crate) const NAMES: &[&str] = &["auto", "none"];
+}
+
 impl FromStr for SignalsMode {
     type Err = String;
 
@@ -112,7 +122,7 @@ impl FromStr for SignalsMode {
         match value {
             "auto" => Ok(Self::Auto),
             "none" => Ok(Self::None),
-            _ => Err("expected signals = \"auto\" or \"none\"".to_owned()),
+            _ => Err(expected("signals", Self::NAMES)),
         }
     }
 }
@@ -125,6 +135,11 @@ pub(crate) enum LogLevel {
     Error,
 }
 
+impl LogLevel {
+    /// The accepted values, as written.
+    pub(crate) const NAMES: &[&str] = &["info", "warn", "error"];
+}
+
 impl FromStr for LogLevel {
     type Err = String;
 
@@ -133,12 +148,24 @@ impl FromStr for LogLevel {
             "info" => Ok(Self::Info),
             "warn" => Ok(Self::Warn),
             "error" => Ok(Self::Error),
-            _ => Err(
-                "expected log = \"info\", \"warn\" or \"error\" (errors are always shown)"
-                    .to_owned(),
-            ),
+            _ => Err(format!(
+                "{} (errors are always shown)",
+                expected("log", Self::NAMES)
+            )),
         }
     }
+}
+
+/// `expected key = "a", "b" or "c"`: the error for a value not in `names`.
+fn expected(key: &str, names: &[&str]) -> String {
+    let mut message = format!("expected {key} = ");
+    for (i, name) in names.iter().enumerate() {
+        if i > 0 {
+            message.push_str(if i + 1 == names.len() { " or " } else { ", " });
+        }
+        message.push_str(&format!("\"{name}\""));
+    }
+    message
 }
 
 /// `timeout = "30s"`, in milliseconds, with the span of the literal it was
@@ -556,9 +583,15 @@ mod tests {
         );
         assert_eq!("none".parse(), Ok(SignalsMode::None));
         assert_eq!("auto".parse(), Ok(SignalsMode::Auto));
-        assert!("all".parse::<SignalsMode>().is_err());
+        assert_eq!(
+            "all".parse::<SignalsMode>(),
+            Err("expected signals = \"auto\" or \"none\"".into())
+        );
         assert_eq!("error".parse(), Ok(LogLevel::Error));
-        assert!("debug".parse::<LogLevel>().is_err());
+        assert_eq!(
+            "debug".parse::<LogLevel>(),
+            Err("expected log = \"info\", \"warn\" or \"error\" (errors are always shown)".into())
+        );
     }
 
     #[test]
@@ -660,6 +693,79 @@ mod tests {
                 "`timeout` applies only to on_conflict = \"wait\" or \"takeover\""
             ]
         );
+    }
+
+    /// The first column of the first table in `markdown`: the keys, for the
+    /// rows that start with one (`| `path` | ...`).
+    fn table_rows(markdown: &str) -> Vec<(&str, &str)> {
+        markdown
+            .lines()
+            .skip_while(|line| !line.starts_with('|'))
+            .take_while(|line| line.starts_with('|'))
+            .filter_map(|row| row.strip_prefix("| `")?.split_once('`'))
+            .collect()
+    }
+
+    fn sorted<'a>(keys: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
+        let mut keys: Vec<&str> = keys.into_iter().collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// The table in the attribute's documentation (lib.rs includes keys.md).
+    const DOC_TABLE: &str = include_str!("keys.md");
+
+    #[test]
+    fn the_attribute_doc_lists_every_key_once() {
+        let documented = table_rows(DOC_TABLE).into_iter().map(|(key, _)| key);
+        assert_eq!(sorted(documented), sorted(KEYS.iter().copied()));
+    }
+
+    #[test]
+    fn the_readme_lists_every_key_once() {
+        let readme = include_str!("../../README.md");
+        let (_, section) = readme
+            .split_once("\n### Keys\n")
+            .expect("README.md has a \"### Keys\" section");
+        let documented = table_rows(section).into_iter().map(|(key, _)| key);
+        assert_eq!(sorted(documented), sorted(KEYS.iter().copied()));
+    }
+
+    /// Each accepted value is named in its key's row, and parses.
+    #[test]
+    fn the_attribute_doc_names_every_value() {
+        let rows = table_rows(DOC_TABLE);
+        let row = |key: &str| {
+            rows.iter()
+                .find(|(name, _)| *name == key)
+                .map(|(_, row)| *row)
+                .unwrap_or_else(|| panic!("no row for `{key}`"))
+        };
+        for (key, names, parses) in [
+            (
+                "on_conflict",
+                OnConflict::NAMES,
+                (|name: &str| name.parse::<OnConflict>().is_ok()) as fn(&str) -> bool,
+            ),
+            ("signals", SignalsMode::NAMES, |name| {
+                name.parse::<SignalsMode>().is_ok()
+            }),
+            ("log", LogLevel::NAMES, |name| {
+                name.parse::<LogLevel>().is_ok()
+            }),
+        ] {
+            for name in names {
+                assert!(
+                    row(key).contains(&format!("`\"{name}\"`")),
+                    "`{key}`: {name}"
+                );
+                assert!(parses(name), "`{key}`: {name}");
+            }
+        }
+        for duration in ["500ms", "30s", "5m", "1h"] {
+            assert!(row("timeout").contains(&format!("`\"{duration}\"`")));
+            assert!(parse_duration(duration).is_ok());
+        }
     }
 
     #[test]
