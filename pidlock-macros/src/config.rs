@@ -1,10 +1,10 @@
 //! The attribute's arguments, read in two stages:
 //!
-//! 1. [`Configuration`] has one setter per key, and each setter turns its
-//!    value into a type (`"wait"` becomes [`OnConflict::Wait`], `"30s"` a
-//!    [`Timeout`] of 30 000 ms). A refused value is recorded as an error on
-//!    its own token and reading goes on, so the user sees every mistake at
-//!    once.
+//! 1. [`Configuration::set`] reads one key, once (a key given twice is an
+//!    error), and turns its value into a type right there: `"wait"` becomes
+//!    [`OnConflict::Wait`], `"30s"` a [`Timeout`] of 30 000 ms. A refused
+//!    value is recorded as an error on its own token and reading goes on, so
+//!    the user sees every mistake at once.
 //! 2. [`Configuration::build`] runs the checks across keys, once, after every
 //!    key is read. A check is skipped when a key it depends on was refused or
 //!    never read, so one mistake gives one error. What it returns,
@@ -70,9 +70,10 @@ pub(crate) enum Policy {
     Takeover { timeout_ms: Option<u64> },
 }
 
-/// `on_conflict = "exit" | "wait" | "takeover"`.
+/// `on_conflict = "exit" | "wait" | "takeover"`; with its timeout, a
+/// [`Policy`] once built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum OnConflict {
+enum OnConflict {
     Exit,
     Wait,
     Takeover,
@@ -80,7 +81,7 @@ pub(crate) enum OnConflict {
 
 impl OnConflict {
     /// The accepted values, as written.
-    pub(crate) const NAMES: &[&str] = &["exit", "wait", "takeover"];
+    const NAMES: &[&str] = &["exit", "wait", "takeover"];
 }
 
 impl FromStr for OnConflict {
@@ -112,7 +113,7 @@ pub(crate) enum SignalsMode {
 
 impl SignalsMode {
     /// The accepted values, as written.
-    pub(crate) const NAMES: &[&str] = &["auto", "none"];
+    const NAMES: &[&str] = &["auto", "none"];
 }
 
 impl FromStr for SignalsMode {
@@ -137,7 +138,7 @@ pub(crate) enum LogLevel {
 
 impl LogLevel {
     /// The accepted values, as written.
-    pub(crate) const NAMES: &[&str] = &["info", "warn", "error"];
+    const NAMES: &[&str] = &["info", "warn", "error"];
 }
 
 impl FromStr for LogLevel {
@@ -171,8 +172,8 @@ fn expected(key: &str, names: &[&str]) -> String {
 /// `timeout = "30s"`, in milliseconds, with the span of the literal it was
 /// read from, for the error when it is given where it has no meaning.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Timeout {
-    pub(crate) ms: u64,
+struct Timeout {
+    ms: u64,
     span: Span,
 }
 
@@ -446,7 +447,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// "500ms", "30s", "5m", "1h" → milliseconds.
-pub(crate) fn parse_duration(text: &str) -> Result<u64, String> {
+fn parse_duration(text: &str) -> Result<u64, String> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
