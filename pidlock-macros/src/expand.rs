@@ -13,18 +13,18 @@
 //! attribute; it then runs again on the sync `main` the runtime produced.
 
 use proc_macro2::{Delimiter, Group, Ident, Span, TokenStream, TokenTree};
-use quote::{ToTokens, quote, quote_spanned};
+use quote::{quote, quote_spanned};
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
 use syn::{Attribute, Signature, Visibility};
 
-use crate::config::Config;
+use crate::config::{self, FinalConfig, LogLevel, Policy, SignalsMode};
 
 /// The attribute's whole effect: `args` and `item` in, tokens out. Never
 /// panics; every mistake becomes `compile_error!` followed by the unchanged
 /// item, so the user sees that one error and nothing else.
 pub fn single_instance(args: TokenStream, item: TokenStream) -> TokenStream {
-    let config = Config::parse(args.clone());
+    let config = config::parse(args.clone());
     let main = match syn::parse2::<MainFn>(item.clone()) {
         Ok(main) => main,
         Err(item_error) => {
@@ -180,11 +180,8 @@ fn runtime_attribute(attrs: &[Attribute]) -> Option<usize> {
     })
 }
 
-fn rewrite(config: &Config, args: TokenStream, main: MainFn) -> TokenStream {
-    let krate = config
-        .krate
-        .as_ref()
-        .map_or_else(|| quote!(::pidlock_core), ToTokens::to_token_stream);
+fn rewrite(config: &FinalConfig, args: TokenStream, main: MainFn) -> TokenStream {
+    let krate = &config.krate;
     let MainFn {
         attrs,
         vis,
@@ -205,7 +202,7 @@ fn rewrite(config: &Config, args: TokenStream, main: MainFn) -> TokenStream {
     }
 
     let guard = Ident::new("__pidlock_guard", Span::mixed_site());
-    let calls = builder_calls(config, &krate);
+    let calls = builder_calls(config);
     // Inner attributes (`#![allow(..)]`) must stay first in the block: the
     // guard goes right after them.
     let (inner_attrs, inner) = split_inner_attributes(body.stream());
@@ -252,20 +249,22 @@ fn split_inner_attributes(body: TokenStream) -> (TokenStream, TokenStream) {
 }
 
 /// One builder call per key that was given.
-fn builder_calls(config: &Config, krate: &TokenStream) -> TokenStream {
+fn builder_calls(config: &FinalConfig) -> TokenStream {
+    let krate = &config.krate;
     let mut calls = TokenStream::new();
     if let Some(path) = &config.path {
         // Spanned on the expression, so a type error points at it.
         calls.extend(quote_spanned!(path.span()=> .path(&(#path))));
     }
-    if let Some(url) = &config.url {
+    if let Some(remote) = &config.remote {
         // Through an identity function whose bound only holds with the
         // runtime crate's `postgres` feature: without it, a compile error
         // on the `url` value that says so, not a failure at run time.
+        let url = &remote.url;
         calls.extend(quote_spanned!(url.span()=> .url(&(#krate::__private::remote_url(#url)))));
-    }
-    if let Some(key) = &config.key {
-        calls.extend(quote_spanned!(key.span()=> .key(&(#key))));
+        if let Some(key) = &remote.key {
+            calls.extend(quote_spanned!(key.span()=> .key(&(#key))));
+        }
     }
     if let Some(var) = &config.env {
         calls.extend(quote!(.env(#var)));
@@ -276,26 +275,33 @@ fn builder_calls(config: &Config, krate: &TokenStream) -> TokenStream {
     if let Some(hint) = &config.hint {
         calls.extend(quote!(.hint(#hint)));
     }
-    let timeout = match config.timeout_ms {
+    let timeout = |timeout_ms: Option<u64>| match timeout_ms {
         Some(ms) => quote!(::core::option::Option::Some(#ms)),
         None => quote!(::core::option::Option::None),
     };
-    match config.on_conflict().as_str() {
-        "wait" => calls.extend(quote!(.wait(#timeout))),
-        "takeover" => calls.extend(quote!(.takeover(#timeout))),
-        _ => {}
+    match config.policy {
+        Policy::Exit => {}
+        Policy::Wait { timeout_ms } => {
+            let timeout = timeout(timeout_ms);
+            calls.extend(quote!(.wait(#timeout)));
+        }
+        Policy::Takeover { timeout_ms } => {
+            let timeout = timeout(timeout_ms);
+            calls.extend(quote!(.takeover(#timeout)));
+        }
     }
-    if config.signals_none {
-        calls.extend(quote!(.signals(#krate::__private::Signals::None)));
+    match config.signals {
+        SignalsMode::Auto => {}
+        SignalsMode::None => calls.extend(quote!(.signals(#krate::__private::Signals::None))),
     }
     if config.notify_ready {
         calls.extend(quote!(.notify_ready(true)));
     }
-    if let Some(level) = &config.log {
-        let level = match level.value().as_str() {
-            "warn" => quote!(Warn),
-            "error" => quote!(Error),
-            _ => quote!(Info),
+    if let Some(level) = config.log {
+        let level = match level {
+            LogLevel::Info => quote!(Info),
+            LogLevel::Warn => quote!(Warn),
+            LogLevel::Error => quote!(Error),
         };
         calls.extend(quote!(.log_level(#krate::__private::LogLevel::#level)));
     }
@@ -303,123 +309,4 @@ fn builder_calls(config: &Config, krate: &TokenStream) -> TokenStream {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn expand(args: TokenStream, item: TokenStream) -> String {
-        single_instance(args, item).to_string()
-    }
-
-    #[test]
-    fn sync_main_gets_the_guard_as_first_statement() {
-        let out = expand(
-            quote!(path = "data/bot.pid", exit_code = 3),
-            quote!(
-                /// Docs stay.
-                #[inline(never)]
-                fn main() -> Result<(), String> {
-                    let x = 1;
-                    Ok(())
-                }
-            ),
-        );
-        assert!(out.starts_with("# [doc = r\" Docs stay.\"] # [inline (never)] fn main () -> Result < () , String > {"), "{out}");
-        let guard = out.find("let __pidlock_guard").unwrap();
-        let user = out.find("let x = 1").unwrap();
-        assert!(guard < user, "{out}");
-        assert!(
-            out.contains(". path (& (\"data/bot.pid\")) . exit_code (3u8)"),
-            "{out}"
-        );
-    }
-
-    #[test]
-    fn async_main_moves_below_its_runtime_attribute() {
-        let out = expand(
-            quote!(hint = "h"),
-            quote!(
-                #[tokio::main]
-                async fn main() {}
-            ),
-        );
-        assert_eq!(
-            out,
-            quote!(
-                #[tokio::main]
-                #[::pidlock_core::single_instance(hint = "h")]
-                async fn main() {}
-            )
-            .to_string()
-        );
-    }
-
-    #[test]
-    fn crate_rename_is_used_for_every_path() {
-        let out = expand(
-            quote!(crate = "my_lock", signals = "none"),
-            quote!(
-                fn main() {}
-            ),
-        );
-        assert!(out.contains("my_lock :: __private :: Entry"), "{out}");
-        assert!(
-            out.contains("my_lock :: __private :: Signals :: None"),
-            "{out}"
-        );
-        assert!(!out.contains("pidlock_core"), "{out}");
-    }
-
-    #[test]
-    fn errors_keep_the_item_and_add_nothing_else() {
-        let item = quote!(
-            fn main() {
-                body()
-            }
-        );
-        let out = expand(quote!(exit_code = 256), item.clone());
-        assert!(out.starts_with(":: core :: compile_error !"), "{out}");
-        assert!(out.ends_with(&item.to_string()), "{out}");
-    }
-
-    #[test]
-    fn async_without_runtime_is_refused() {
-        let out = expand(
-            quote!(),
-            quote!(
-                async fn main() {}
-            ),
-        );
-        assert!(out.contains("needs a runtime"), "{out}");
-    }
-
-    #[test]
-    fn non_functions_and_parameters_are_refused() {
-        assert!(
-            expand(
-                quote!(),
-                quote!(
-                    struct S;
-                )
-            )
-            .contains("goes on a function")
-        );
-        assert!(
-            expand(
-                quote!(),
-                quote!(
-                    fn main(x: u8) {}
-                )
-            )
-            .contains("without parameters")
-        );
-        assert!(
-            expand(
-                quote!(),
-                quote!(
-                    fn main<T>() {}
-                )
-            )
-            .contains("without generics")
-        );
-    }
-}
+mod tests;
