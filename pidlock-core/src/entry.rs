@@ -79,6 +79,10 @@ pub struct Entry {
     log_level: LogLevel,
     notify_ready: bool,
     on_conflict: OnConflict,
+    /// [`PidLock::on_conflict`], set only by `wait` and `takeover`: called
+    /// through this pointer, so a program whose attribute says neither does
+    /// not link the wait and takeover code.
+    apply_on_conflict: Option<fn(PidLock, OnConflict) -> PidLock>,
     /// `url` and `key`: the lock across hosts.
     remote_url: Option<String>,
     remote_key: Option<String>,
@@ -98,6 +102,7 @@ impl Entry {
             log_level: LogLevel::Info,
             notify_ready: false,
             on_conflict: OnConflict::Exit,
+            apply_on_conflict: None,
             remote_url: None,
             remote_key: None,
         }
@@ -120,6 +125,7 @@ impl Entry {
         self.on_conflict = OnConflict::Wait {
             timeout: timeout_ms.map(Duration::from_millis),
         };
+        self.apply_on_conflict = Some(PidLock::on_conflict);
         self
     }
 
@@ -128,6 +134,7 @@ impl Entry {
         self.on_conflict = OnConflict::Takeover {
             timeout: timeout_ms.map_or(OnConflict::DEFAULT_TAKEOVER_TIMEOUT, Duration::from_millis),
         };
+        self.apply_on_conflict = Some(PidLock::on_conflict);
         self
     }
 
@@ -195,12 +202,14 @@ impl Entry {
         // this host from even connecting to the server.
         let remote = self.remote_url.is_some();
         let local = if !remote || self.path.is_some() || self.env.is_some() {
-            let lock = PidLock::new(self.resolve_path()?)
+            let mut lock = PidLock::new(self.resolve_path()?)
                 .signals(self.signals)
                 .log_level(self.log_level)
                 // With a remote lock to take too, ready means both are held.
-                .notify_ready(self.notify_ready && !remote)
-                .on_conflict(self.on_conflict);
+                .notify_ready(self.notify_ready && !remote);
+            if let Some(apply) = self.apply_on_conflict {
+                lock = apply(lock, self.on_conflict);
+            }
             Some(lock.acquire()?)
         } else {
             None

@@ -18,7 +18,7 @@ use crate::guard::PidFileGuard;
 use crate::holders;
 use crate::messages::{self, Level, LogLevel};
 use crate::pid::{Contents, Pid};
-use crate::policy::{Next, OnConflict, Resolver};
+use crate::policy::{Next, OnConflict, Resolve, Resolver};
 use crate::restart;
 use crate::signal_context;
 use crate::signals::{self, Signals};
@@ -72,6 +72,11 @@ pub struct PidLock {
     path: PathBuf,
     signals: Signals,
     on_conflict: OnConflict,
+    /// How a busy lock is resolved, set by [`PidLock::on_conflict`]; `None`
+    /// reports the conflict at once. Reached only through this pointer, so
+    /// the wait and takeover code is linked only into programs that ask for
+    /// them (`on_conflict = "exit"` programs never call `on_conflict`).
+    resolve: Option<Resolve>,
     log_level: LogLevel,
     notify_ready: bool,
 }
@@ -84,6 +89,7 @@ impl PidLock {
             path: path.into(),
             signals: Signals::Auto,
             on_conflict: OnConflict::Exit,
+            resolve: None,
             log_level: LogLevel::Info,
             notify_ready: false,
         }
@@ -94,6 +100,14 @@ impl PidLock {
     #[must_use]
     pub fn on_conflict(mut self, on_conflict: OnConflict) -> Self {
         self.on_conflict = on_conflict;
+        self.resolve = match on_conflict {
+            OnConflict::Exit => None,
+            OnConflict::Wait { .. } | OnConflict::Takeover { .. } => {
+                Some(|resolver, file, identity, conflict| {
+                    resolver.resolve(file, identity, conflict)
+                })
+            }
+        };
         self
     }
 
@@ -205,7 +219,7 @@ impl PidLock {
             return Ok(guard);
         }
         let mut resolver = Resolver::new(self.on_conflict, &path, log_level);
-        let locked = lock_file(&dir, &name, &path, &mut resolver)?;
+        let locked = lock_file(&dir, &name, &path, self.resolve, &mut resolver)?;
         let previous = if locked.created {
             None
         } else {
@@ -254,6 +268,7 @@ fn lock_file(
     dir: &OwnedFd,
     name: &CStr,
     path: &Path,
+    resolve: Option<Resolve>,
     resolver: &mut Resolver<'_>,
 ) -> Result<Locked> {
     let mut replaced = 0;
@@ -284,7 +299,10 @@ fn lock_file(
                 Err(Errno::EWOULDBLOCK) => match busy(file, &stat, path) {
                     Busy::Locked(file) => file,
                     Busy::Held(file, conflict) => {
-                        match resolver.resolve(file, Identity::of(&stat), conflict)? {
+                        let Some(resolve) = resolve else {
+                            return Err(conflict);
+                        };
+                        match resolve(resolver, file, Identity::of(&stat), conflict)? {
                             Next::Locked(file) => {
                                 // A wait is not a replacement: each hand-over
                                 // may legitimately need one more round. The

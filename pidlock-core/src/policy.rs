@@ -88,6 +88,9 @@ struct Signalled {
     at: Instant,
 }
 
+/// [`Resolver::resolve`], as the lock loop holds it.
+pub(crate) type Resolve = fn(&mut Resolver<'_>, OwnedFd, Identity, Error) -> Result<Next>;
+
 /// What the lock loop does next.
 pub(crate) enum Next {
     /// We hold the lock on this descriptor; check it is still the path's file.
