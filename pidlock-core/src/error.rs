@@ -89,9 +89,13 @@ impl fmt::Display for Holder {
                         " here; it calls itself PID {ns_pid}: another PID namespace, e.g. a container"
                     )?;
                 }
-                if !others.is_empty() {
-                    let others: Vec<String> = others.iter().map(Pid::to_string).collect();
-                    write!(f, "; its lock is shared with PID {}", others.join(", "))?;
+                for (index, other) in others.iter().enumerate() {
+                    let lead = if index == 0 {
+                        "; its lock is shared with PID "
+                    } else {
+                        ", "
+                    };
+                    write!(f, "{lead}{other}")?;
                 }
                 Ok(())
             }

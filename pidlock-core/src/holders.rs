@@ -106,11 +106,15 @@ pub(crate) fn find(identity: Identity) -> Holders {
     let mut holders = Holders::default();
     for (pid, kind) in sys::scan_locks(identity) {
         match kind {
-            LockKind::Exclusive => holders.exclusive.push(pid),
+            // In ascending order, kept as they come (a sort would link a
+            // sorting routine into every program for a list of one or two).
+            LockKind::Exclusive => {
+                let at = holders.exclusive.partition_point(|&known| known < pid);
+                holders.exclusive.insert(at, pid);
+            }
             LockKind::Shared => holders.shared = true,
         }
     }
-    holders.exclusive.sort_unstable();
     holders
 }
 

@@ -116,11 +116,16 @@ impl FromStr for LogLevel {
 
     /// `info`, `warn` (or `warning`), `error`, in any case.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text.trim().to_ascii_lowercase().as_str() {
-            "info" => Ok(Self::Info),
-            "warn" | "warning" => Ok(Self::Warn),
-            "error" => Ok(Self::Error),
-            _ => Err(ParseLogLevelError),
+        let text = text.trim_ascii();
+        let is = |name: &str| text.eq_ignore_ascii_case(name);
+        if is("info") {
+            Ok(Self::Info)
+        } else if is("warn") || is("warning") {
+            Ok(Self::Warn)
+        } else if is("error") {
+            Ok(Self::Error)
+        } else {
+            Err(ParseLogLevelError)
         }
     }
 }
@@ -143,9 +148,13 @@ fn stderr_lines(level: Level, text: &str) -> String {
     if !crate::systemd::stderr_is_journal() {
         return text;
     }
-    text.lines()
-        .map(|line| format!("{}{line}\n", level.priority()))
-        .collect()
+    let mut prefixed = String::with_capacity(text.len() + 16);
+    for line in text.lines() {
+        prefixed.push_str(level.priority());
+        prefixed.push_str(line);
+        prefixed.push('\n');
+    }
+    prefixed
 }
 
 /// Hands the message to `tracing` if a subscriber is installed (globally or

@@ -136,10 +136,9 @@ fn listed_in_proc_locks(key: &str) -> bool {
     let Ok(table) = std::fs::read_to_string("/proc/locks") else {
         return true;
     };
-    table.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        matches!(fields.as_slice(), [_, "FLOCK", _, _, _, file, ..] if *file == key)
-    })
+    table
+        .lines()
+        .any(|line| flock_line(line).is_some_and(|(_, file)| file == key))
 }
 
 /// `/proc` numbers processes as the namespace it was mounted for. If that is
@@ -182,14 +181,28 @@ fn strongest_lock(pid: Pid, key: &str) -> Option<LockKind> {
 fn lock_in_fdinfo(info: &str, key: &str) -> Option<LockKind> {
     info.lines()
         .filter_map(|line| line.strip_prefix("lock:"))
-        .find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            match fields.as_slice() {
-                [_, "FLOCK", _, "WRITE", _, file, ..] if file == &key => Some(LockKind::Exclusive),
-                [_, "FLOCK", _, "READ", _, file, ..] if file == &key => Some(LockKind::Shared),
-                _ => None,
-            }
-        })
+        .find_map(|line| flock_line(line).filter(|&(_, file)| file == key))
+        .map(|(kind, _)| kind)
+}
+
+/// A granted `flock` in the format `/proc/locks` and fdinfo share:
+/// `1: FLOCK  ADVISORY  WRITE 5152 fe:00:10010769 0 EOF`, read as its kind
+/// and its file (`major:minor:inode`). A waiter (`1: -> FLOCK ...`), a POSIX
+/// lock or an OFD lock is `None`.
+fn flock_line(line: &str) -> Option<(LockKind, &str)> {
+    let mut fields = line.split_ascii_whitespace();
+    let _ordinal = fields.next()?;
+    if fields.next()? != "FLOCK" {
+        return None;
+    }
+    let _advisory = fields.next()?;
+    let kind = match fields.next()? {
+        "WRITE" => LockKind::Exclusive,
+        "READ" => LockKind::Shared,
+        _ => return None,
+    };
+    let _taken_by = fields.next()?;
+    Some((kind, fields.next()?))
 }
 
 /// An inotify instance that reports when the file open on a descriptor is
@@ -262,6 +275,8 @@ mod tests {
         assert_eq!(lock_in_fdinfo(posix, key), None);
         let other = "lock:\t1: FLOCK  ADVISORY  WRITE 77 fe:01:10010769 0 EOF\n";
         assert_eq!(lock_in_fdinfo(other, key), None);
+        let waiter = "1: -> FLOCK  ADVISORY  WRITE 78 fe:00:10010769 0 EOF";
+        assert_eq!(flock_line(waiter), None);
     }
 
     /// The premise of the Linux timed wait: a watch on `/proc/self/fd/N` is
