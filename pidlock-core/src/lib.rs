@@ -59,18 +59,21 @@
 //!   and explained ([`InstanceConflictReport`]); `teloxide` adds a ready
 //!   teloxide `ErrorHandler` for it.
 
-// The layers, bottom up; each module imports only from those above it in
-// this list (see the module graph in README's "How the code is laid out"):
+// The layers, bottom up: each module imports (`crate::name`) only modules
+// listed before it here, so imports run one way (tests/layers.rs checks it;
+// README's "Layout" draws it).
 //
-//   pid, human, error          values and their texts
-//   sys                        system calls; sys/linux.rs, sys/other.rs
-//   signal_context             the exit-path table, the handler, atexit
-//   process, holders           other processes, and who holds a lock
-//   systemd, messages          what is said, and where
-//   waiting, policy, restart   waiting for, taking over, keeping a lock
-//   signals, lockfile, guard   the PID-file lock and its guard
-//   status, ops, daemon        looking at and acting on a lock from outside
-//   postgres, telegram, entry  the lock across hosts, bots, the attribute
+// layer: pid, human, error          values and how they read
+// layer: sys                        system calls; sys/linux.rs, sys/other.rs
+// layer: signal_context             the exit-path table, the handler, atexit
+// layer: process, holders           other processes, and who holds a lock
+// layer: systemd, messages          what is said, and where
+// layer: waiting, policy            waiting for and taking over a lock
+// layer: postgres                   the lock across hosts
+// layer: restart                    keeping the locks across exec
+// layer: signals, guard, lockfile   the PID-file lock and its guard
+// layer: status, ops, daemon        a lock looked at and acted on from outside
+// layer: telegram, entry            bots, and the attribute's entry point
 mod daemon;
 mod entry;
 mod error;
