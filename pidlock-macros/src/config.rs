@@ -724,7 +724,17 @@ mod tests {
 
     #[test]
     fn the_readme_lists_every_key_once() {
-        let readme = include_str!("../../README.md");
+        // The workspace's README, read at run time: a packaged copy of this
+        // crate has its own short README and no Keys table.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let Ok(readme) = std::fs::read_to_string(&path) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI=true and {} is missing",
+                path.display()
+            );
+            return;
+        };
         let (_, section) = readme
             .split_once("\n### Keys\n")
             .expect("README.md has a \"### Keys\" section");
