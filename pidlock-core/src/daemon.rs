@@ -71,7 +71,7 @@ fn take_over(held: &Registration) -> Result<()> {
     // Wait only for an owner that still holds the lock: a parent gone
     // already may have had its PID given to an unrelated process.
     if let Some(Ok(Some(previous))) = previous
-        && (cfg!(not(target_os = "linux")) || holders::holds(previous.pid(), held.identity))
+        && (!sys::VERIFIES_HOLDERS || holders::holds(previous.pid(), held.identity))
         && !previous.wait_for_exit(Instant::now() + PREVIOUS_OWNER_PATIENCE)
     {
         return Err(Error::PreviousOwnerRunning {
@@ -100,6 +100,11 @@ fn take_over(held: &Registration) -> Result<()> {
         Err(errno) => return Err(Error::io(&held.path, "lock", errno)),
     }
     let stat = fstat(file).map_err(|errno| Error::io(&held.path, "inspect", errno))?;
+    // The numbers came from the table: if the guard was dropped meanwhile and
+    // the numbers reused, the duplicate is some other file.
+    if Identity::of(&stat) != held.identity {
+        return Err(lost());
+    }
     match fstatat(dir, held.name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(now) if Identity::of(&now) == held.identity && stat.st_nlink > 0 => {}
         Ok(_) | Err(Errno::ENOENT) => return Err(lost()),

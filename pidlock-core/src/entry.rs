@@ -12,6 +12,7 @@ use crate::messages::{self, Level, LogLevel};
 use crate::pid::Pid;
 use crate::policy::OnConflict;
 use crate::signals::Signals;
+use crate::sys;
 use crate::systemd;
 
 /// Where a program's PID file goes when the attribute names no `path`:
@@ -36,12 +37,7 @@ use crate::systemd;
 pub fn default_path(name: &str) -> PathBuf {
     let uid = nix::unistd::geteuid();
     if uid.is_root() {
-        let run = if cfg!(target_os = "linux") {
-            "/run"
-        } else {
-            "/var/run"
-        };
-        Path::new(run).join(format!("{name}.pid"))
+        Path::new(sys::RUN_DIR).join(format!("{name}.pid"))
     } else {
         Path::new("/tmp").join(format!("{name}-{uid}.pid"))
     }
@@ -223,8 +219,8 @@ impl Entry {
             systemd::notify("READY=1");
         }
         Ok(InstanceGuard {
-            remote,
-            local,
+            _remote: remote,
+            _local: local,
             notifier: systemd::is_supervised().then(Pid::current),
         })
     }
@@ -293,10 +289,8 @@ type RemoteGuard = std::convert::Infallible;
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct InstanceGuard {
     // Held for their `Drop`, never read.
-    #[allow(dead_code)]
-    remote: Option<RemoteGuard>,
-    #[allow(dead_code)]
-    local: Option<PidFileGuard>,
+    _remote: Option<RemoteGuard>,
+    _local: Option<PidFileGuard>,
     /// Under a service manager, the process that took the locks: a `fork()`
     /// child's copy tells systemd nothing. (Not asked for otherwise: it
     /// would cost a system call for nothing.)

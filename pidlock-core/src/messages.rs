@@ -116,7 +116,7 @@ impl FromStr for LogLevel {
 
     /// `info`, `warn` (or `warning`), `error`, in any case.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let text = text.trim_ascii();
+        let text = text.trim();
         let is = |name: &str| text.eq_ignore_ascii_case(name);
         if is("info") {
             Ok(Self::Info)

@@ -20,6 +20,12 @@ pub(crate) const DIRECTORY_FLAGS: OFlag = OFlag::O_PATH
     .union(OFlag::O_DIRECTORY)
     .union(OFlag::O_CLOEXEC);
 
+/// Where root's PID files go.
+pub(crate) const RUN_DIR: &str = "/run";
+
+/// Whether [`lock_held_by`] and [`scan_locks`] can see holders.
+pub(crate) const VERIFIES_HOLDERS: bool = true;
+
 /// `send(2)` flags: a closed peer must not raise SIGPIPE.
 pub(crate) const MSG_NOSIGNAL: nix::libc::c_int = nix::libc::MSG_NOSIGNAL;
 

@@ -11,7 +11,8 @@
 //! One `cfg` switch picks the platform file, as fd-lock's `sys/` does:
 //! `linux.rs` (pidfds, `/proc`, inotify, `O_PATH`, abstract sockets) and
 //! `other.rs` (the same names, answering "not available" on the BSDs and
-//! macOS), so no module above has a `cfg(target_os)` of its own.
+//! macOS), so no module above has a `cfg(target_os)` in its code (a few
+//! tests of the Linux-only paths aside).
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -38,8 +39,8 @@ mod other;
 use other as platform;
 
 pub(crate) use platform::{
-    CloseWatch, DIRECTORY_FLAGS, MSG_NOSIGNAL, connect_abstract, lock_held_by, own_namespace_pid,
-    parent_of, pidfd_open, pidfd_send_signal, scan_locks,
+    CloseWatch, DIRECTORY_FLAGS, MSG_NOSIGNAL, RUN_DIR, VERIFIES_HOLDERS, connect_abstract,
+    lock_held_by, own_namespace_pid, parent_of, pidfd_open, pidfd_send_signal, scan_locks,
 };
 
 /// The kind of `flock` a process holds on a file.
@@ -297,6 +298,7 @@ pub(crate) fn retry_eintr<T>(mut call: impl FnMut() -> nix::Result<T>) -> nix::R
         }
     }
 }
+
 /// A descriptor of our own for the open file a raw number refers to, if it
 /// is open: `fcntl(F_DUPFD_CLOEXEC)` on a number fails with `EBADF` when it
 /// is not, so no borrowed descriptor is ever made of one that may be closed.

@@ -18,6 +18,12 @@ pub(crate) const DIRECTORY_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_DIRECTORY)
     .union(OFlag::O_CLOEXEC);
 
+/// Where root's PID files go.
+pub(crate) const RUN_DIR: &str = "/var/run";
+
+/// No holder can be verified here.
+pub(crate) const VERIFIES_HOLDERS: bool = false;
+
 /// `send(2)` flags: a closed peer must not raise SIGPIPE (macOS has no such
 /// flag; its sockets to a supervisor are not in use there).
 #[cfg(target_os = "freebsd")]

@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pidlock_core::{Error, Holder, Pid, Status, StopSignal, Stopped};
 
+use crate::human;
+
 const USAGE: &str = "\
 usage: pidlock status PATH
        pidlock stop PATH [--timeout DURATION] [--kill] [--signal INT]
@@ -158,13 +160,18 @@ impl Command {
                     0
                 }
                 Ok(Stopped::Killed(pid)) => {
-                    println!("{}: PID {pid} killed after {timeout:?}", path.display(),);
+                    println!(
+                        "{}: PID {pid} killed after {}",
+                        path.display(),
+                        human::duration(timeout)
+                    );
                     0
                 }
                 Ok(Stopped::StillRunning(pid)) => {
                     eprintln!(
-                        "pidlock: {}: PID {pid} is still running after {timeout:?}{}",
+                        "pidlock: {}: PID {pid} is still running after {}{}",
                         path.display(),
+                        human::duration(timeout),
                         if kill {
                             " and SIGKILL"
                         } else {
@@ -179,9 +186,9 @@ impl Command {
                 Ok(true) => 0,
                 Ok(false) => {
                     eprintln!(
-                        "pidlock: {}: still held after {:?}",
+                        "pidlock: {}: still held after {}",
                         path.display(),
-                        timeout.unwrap_or_default()
+                        human::duration(timeout.unwrap_or_default())
                     );
                     1
                 }
@@ -239,7 +246,7 @@ fn print_process(pid: Pid) {
             .unwrap_or_default();
         let ago = match ago.as_secs() {
             0 => "just now".to_owned(),
-            secs => format!("{:?} ago", Duration::from_secs(secs)),
+            secs => format!("{} ago", human::duration(Duration::from_secs(secs))),
         };
         println!("  started: {} ({ago})", utc(started));
     }

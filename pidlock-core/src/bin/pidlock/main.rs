@@ -2,6 +2,10 @@
 //! library's public API only (`status`, `stop_with`, `wait_until_free`).
 
 mod cli;
+// The library's duration wording, compiled into the binary from the same
+// file (it is not public API: a formatting detail, not a contract).
+#[path = "../../human.rs"]
+mod human;
 
 fn main() -> std::process::ExitCode {
     cli::main(std::env::args_os().skip(1))
