@@ -10,8 +10,8 @@
 //!   teloxide has confirmed the updates it handled (so `/restart` is not
 //!   delivered again).
 //! - Ctrl-C, and SIGTERM too (`systemctl stop`, `docker stop`, `pidlock
-//!   stop`), run teloxide's graceful shutdown; the PID file is removed when
-//!   `main` returns.
+//!   stop`), stop polling gracefully (the handled updates are confirmed to
+//!   Telegram); the PID file is removed when `main` returns.
 //! - If Telegram still reports another poller, the error handler explains
 //!   what that means (INSTANCE CONFLICT).
 //!
@@ -23,8 +23,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use pidlock_core::InstanceConflictReport;
 use teloxide::prelude::*;
-use teloxide::update_listeners;
+use teloxide::update_listeners::{self, UpdateListener};
 use teloxide::utils::command::BotCommands;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 
 #[derive(BotCommands, Clone)]
@@ -66,39 +67,42 @@ async fn main() {
         .branch(dptree::endpoint(echo));
     let mut dispatcher = Dispatcher::builder(bot.clone(), handler)
         .dependencies(dptree::deps![Arc::clone(&restart)])
-        .enable_ctrlc_handler()
         .build();
 
-    // `/restart` stops the dispatcher first: polling then confirms the
-    // handled updates to Telegram, and only then is the program re-executed.
+    // Ctrl-C and SIGTERM (`systemctl stop`, `docker stop`, `pidlock stop`)
+    // are registered now, before polling starts, so a signal that comes the
+    // moment the bot is up is not missed; until here pidlock's own handler
+    // removes the PID file and the bot dies of the signal.
+    let (mut interrupt, mut terminate) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
+        (Err(error), _) | (_, Err(error)) => {
+            eprintln!("ERROR - cannot listen for Ctrl-C and SIGTERM: {error}");
+            std::process::exit(1);
+        }
+    };
+
+    // Every way to stop goes through the update listener's stop token: the
+    // listener drops its in-flight poll, confirms the updates it handled to
+    // Telegram (so `/restart` is not delivered again), and ends; the
+    // dispatcher then waits for its handlers and returns. (teloxide's own
+    // Ctrl-C handler and `ShutdownToken` can miss the request when it comes
+    // while the dispatcher is between two updates, and then never stop.)
+    let mut listener = update_listeners::polling_default(bot).await;
+    let stop = listener.stop_token();
     let restart_requested = Arc::new(AtomicBool::new(false));
-    let shutdown = dispatcher.shutdown_token();
     let requested = Arc::clone(&restart_requested);
     tokio::spawn(async move {
-        restart.notified().await;
-        requested.store(true, Ordering::SeqCst);
-        if let Ok(stopped) = shutdown.shutdown() {
-            stopped.await;
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+            () = restart.notified() => requested.store(true, Ordering::SeqCst),
         }
+        stop.stop();
     });
 
-    // teloxide shuts down gracefully on Ctrl-C only; supervisors send
-    // SIGTERM. The same shutdown runs for both.
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            let shutdown = dispatcher.shutdown_token();
-            tokio::spawn(async move {
-                if terminate.recv().await.is_some()
-                    && let Ok(stopped) = shutdown.shutdown()
-                {
-                    stopped.await;
-                }
-            });
-        }
-        Err(error) => eprintln!("WARNING - SIGTERM will not shut down gracefully: {error}"),
-    }
-
-    let listener = update_listeners::polling_default(bot).await;
     // Telegram's 409 gets the INSTANCE CONFLICT report; other errors a line.
     dispatcher
         .dispatch_with_listener(listener, InstanceConflictReport::handler())
