@@ -201,7 +201,12 @@ impl Pinned {
         // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor.
         let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         if raw < 0 {
-            assert_eq!(Errno::last(), Errno::ESRCH, "pidfd_open({pid})");
+            // ENOENT: a process that is exiting (seen on Linux 6.18).
+            let errno = Errno::last();
+            assert!(
+                matches!(errno, Errno::ESRCH | Errno::ENOENT),
+                "pidfd_open({pid}): {errno}"
+            );
             return None;
         }
         // SAFETY: a successful pidfd_open returned a descriptor we now own.

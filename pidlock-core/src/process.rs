@@ -36,7 +36,10 @@ impl Pinned {
                 pid,
                 pidfd: Some(pidfd),
             })),
-            Err(Errno::ESRCH) => Ok(None),
+            // ESRCH: no such process. ENOENT: recent kernels (seen on
+            // 6.18) answer so for a process that is exiting, its PID not
+            // yet released: gone all the same.
+            Err(Errno::ESRCH | Errno::ENOENT) => Ok(None),
             // Kernels before 5.3, other systems: the number is all we have.
             Err(Errno::ENOSYS) => Ok(pid.is_alive().then_some(Self { pid, pidfd: None })),
             Err(errno) => Err(errno),

@@ -29,7 +29,8 @@ pub(crate) const VERIFIES_HOLDERS: bool = true;
 /// `send(2)` flags: a closed peer must not raise SIGPIPE.
 pub(crate) const MSG_NOSIGNAL: nix::libc::c_int = nix::libc::MSG_NOSIGNAL;
 
-/// A pidfd for `pid` (Linux 5.3+): `ESRCH` if there is no such process,
+/// A pidfd for `pid` (Linux 5.3+): `ESRCH` if there is no such process
+/// (`ENOENT` on recent kernels for one that is exiting),
 /// `ENOSYS` on older kernels.
 pub(crate) fn pidfd_open(pid: Pid) -> nix::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor
