@@ -172,7 +172,12 @@ fn fixture_for_nobody(exe: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let copy = dir.path().join(Path::new(exe).file_name().unwrap());
-    fs::copy(exe, &copy).unwrap();
+    // Copied by `cp`, not in this process: while this process had the copy
+    // open for writing, a child another test forks meanwhile would inherit
+    // that descriptor until it execs, and executing the copy would fail with
+    // "Text file busy" (ETXTBSY).
+    let copied = Command::new("cp").arg(exe).arg(&copy).status().unwrap();
+    assert!(copied.success(), "cp {exe} {}: {copied}", copy.display());
     fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
     (dir, copy)
 }
