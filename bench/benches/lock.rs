@@ -154,8 +154,9 @@ fn acquire_release(dir: &Path, label: &str) {
 
 fn conflict(dir: &Path) {
     let path = dir.join("held.pid");
-    // Held by another open file description, naming PID 1 as a real holder's
-    // file would name its PID.
+    // Held by another open file description of this process; the file names
+    // PID 1, and pidlock reports the holder the kernel shows (this process,
+    // found through /proc/<pid>/fdinfo), as it does for a real conflict.
     std::fs::write(&path, "1\n").unwrap();
     let holder = File::options().read(true).write(true).open(&path).unwrap();
     let _held =
@@ -178,12 +179,13 @@ fn conflict(dir: &Path) {
             }),
         },
         Variant {
-            name: "pidlock-core (AlreadyRunning with the holder's PID)",
+            name: "pidlock-core (AlreadyRunning with the verified holder's PID)",
             op: Box::new(|| {
                 let Err(Error::AlreadyRunning { holder, .. }) = ours.acquire() else {
                     panic!("not refused");
                 };
-                assert_eq!(holder.pid().map(pidlock_core::Pid::get), Some(1));
+                let me = i32::try_from(std::process::id()).unwrap();
+                assert_eq!(holder.pid().map(pidlock_core::Pid::get), Some(me));
             }),
         },
     ];
