@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -115,8 +115,26 @@ impl Drop for Running {
     }
 }
 
+/// A shell without job control starts background jobs with SIGINT and
+/// SIGQUIT ignored, and a child inherits that across exec: put both back to
+/// their defaults, as a terminal or CI gives them, so that every test means
+/// the same however the suite was started.
+fn default_interrupts(command: &mut Command) {
+    // SAFETY: `signal` is async-signal-safe, as required between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            for signal in [Signal::SIGINT, Signal::SIGQUIT] {
+                nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl)
+                    .map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Starts `command` and waits for its first line on stdout.
 pub fn start(mut command: Command) -> Running {
+    default_interrupts(&mut command);
     let mut child = command.spawn().expect("spawn");
     let stdout = child.stdout.take().expect("stdout piped");
     let (send, receive) = mpsc::channel();
@@ -142,6 +160,7 @@ pub fn start(mut command: Command) -> Running {
 
 /// Runs `command` to completion with a deadline: status and stderr.
 pub fn run(mut command: Command) -> (ExitStatus, String) {
+    default_interrupts(&mut command);
     let mut child = command.stdout(Stdio::null()).spawn().expect("spawn");
     let mut stderr = child.stderr.take().expect("stderr piped");
     let reader = std::thread::spawn(move || {
