@@ -2,82 +2,15 @@
 //! hold a `flock` on the file, as another program would.
 #![cfg(target_os = "linux")]
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
+mod common;
+
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use nix::libc;
+use common::{Holder, HolderOptions};
 use nix::sys::signal::Signal;
-use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork, pipe, read};
-
-/// A child process holding an exclusive lock on a file.
-struct Holder {
-    pid: Pid,
-    reaped: bool,
-}
-
-impl Holder {
-    fn start(path: &Path, ignore_sigterm: bool) -> Self {
-        let path = CString::new(path.as_os_str().as_bytes()).unwrap();
-        let (ready_read, ready_write) = pipe().unwrap();
-        // SAFETY: the child makes only async-signal-safe calls (signal,
-        // open, flock, write, pause) and never returns.
-        match unsafe { fork() }.unwrap() {
-            // SAFETY: as above: raw async-signal-safe calls on a path
-            // prepared before the fork.
-            ForkResult::Child => unsafe {
-                // A shell without job control starts background commands
-                // with SIGINT ignored, and dispositions are inherited: the
-                // holder must die of SIGINT whoever started the tests.
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
-                if ignore_sigterm {
-                    libc::signal(libc::SIGTERM, libc::SIG_IGN);
-                }
-                let fd = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o644);
-                libc::flock(fd, libc::LOCK_EX);
-                libc::write(
-                    std::os::fd::AsRawFd::as_raw_fd(&ready_write),
-                    b"!".as_ptr().cast(),
-                    1,
-                );
-                loop {
-                    libc::pause();
-                }
-            },
-            ForkResult::Parent { child } => {
-                drop(ready_write);
-                let mut byte = [0];
-                assert_eq!(read(&ready_read, &mut byte).unwrap(), 1);
-                Self {
-                    pid: child,
-                    reaped: false,
-                }
-            }
-        }
-    }
-
-    /// Reaps the child: the signal it died of.
-    fn death(&mut self) -> Option<Signal> {
-        self.reaped = true;
-        match waitpid(self.pid, None).unwrap() {
-            WaitStatus::Signaled(_, signal, _) => Some(signal),
-            _ => None,
-        }
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        if !self.reaped {
-            let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
-            let _ = waitpid(self.pid, None);
-        }
-    }
-}
 
 fn pidlock(args: &[&str], path: &Path) -> (Output, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_pidlock"))
@@ -95,7 +28,7 @@ fn pidlock(args: &[&str], path: &Path) -> (Output, String, String) {
 fn status_of_a_running_holder_exits_0_with_pid_command_and_start_time() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
-    let holder = Holder::start(&path, false);
+    let holder = Holder::start(&path, HolderOptions::default());
     let (output, stdout, _) = pidlock(&["status"], &path);
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     let pid = holder.pid;
@@ -155,7 +88,7 @@ fn status_of_a_symlink_is_an_error_exit_4() {
 fn stop_sends_sigterm_to_the_holder_and_waits_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
-    let mut holder = Holder::start(&path, false);
+    let mut holder = Holder::start(&path, HolderOptions::default());
     let (output, stdout, stderr) = pidlock(&["stop"], &path);
     assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
     assert!(
@@ -169,7 +102,7 @@ fn stop_sends_sigterm_to_the_holder_and_waits_for_it() {
 fn stop_with_signal_int_sends_sigint_for_ctrl_c_only_programs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
-    let mut holder = Holder::start(&path, false);
+    let mut holder = Holder::start(&path, HolderOptions::default());
     let (output, stdout, stderr) = pidlock(&["stop", "--signal", "INT"], &path);
     assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
     assert_eq!(holder.death(), Some(Signal::SIGINT));
@@ -182,7 +115,13 @@ fn stop_with_signal_int_sends_sigint_for_ctrl_c_only_programs() {
 fn stop_of_a_holder_ignoring_sigterm_fails_without_kill() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
-    let holder = Holder::start(&path, true);
+    let holder = Holder::start(
+        &path,
+        HolderOptions {
+            ignore_sigterm: true,
+            ..HolderOptions::default()
+        },
+    );
     let (output, _, stderr) = pidlock(&["stop", "--timeout", "300ms"], &path);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
@@ -198,7 +137,13 @@ fn stop_of_a_holder_ignoring_sigterm_fails_without_kill() {
 fn stop_with_kill_kills_a_holder_ignoring_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
-    let mut holder = Holder::start(&path, true);
+    let mut holder = Holder::start(
+        &path,
+        HolderOptions {
+            ignore_sigterm: true,
+            ..HolderOptions::default()
+        },
+    );
     let (output, stdout, stderr) = pidlock(&["stop", "--timeout", "300ms", "--kill"], &path);
     assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
     assert!(
@@ -219,7 +164,7 @@ fn stop_when_not_running_succeeds() {
 fn wait_blocks_until_the_holder_exits() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
-    let mut holder = Holder::start(&path, false);
+    let mut holder = Holder::start(&path, HolderOptions::default());
     let mut waiter = Command::new(env!("CARGO_BIN_EXE_pidlock"))
         .arg("wait")
         .arg(&path)
@@ -241,7 +186,7 @@ fn wait_blocks_until_the_holder_exits() {
 fn wait_with_a_timeout_exits_1_while_held() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
-    let _holder = Holder::start(&path, false);
+    let _holder = Holder::start(&path, HolderOptions::default());
     let (output, _, stderr) = pidlock(&["wait", "--timeout", "300ms"], &path);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("still held after 300ms"), "{stderr}");

@@ -6,86 +6,16 @@
 //! Needs root for `unshare`; skipped, with a note, otherwise.
 #![cfg(target_os = "linux")]
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::libc;
-use nix::sys::signal::Signal;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork, pipe, read};
+use common::{Holder, HolderOptions};
 
 /// Long enough for a loaded machine, short enough to fail a hung test.
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// A child process holding an exclusive lock on a file, with its PID
-/// written in it, as a pidlock holder on the host would.
-struct Holder {
-    pid: Pid,
-}
-
-impl Holder {
-    fn start(path: &Path) -> Self {
-        let path = CString::new(path.as_os_str().as_bytes()).unwrap();
-        let (ready_read, ready_write) = pipe().unwrap();
-        // SAFETY: the child makes only async-signal-safe calls (open,
-        // flock, getpid, write, pause), formats on the stack and never
-        // returns.
-        match unsafe { fork() }.unwrap() {
-            // SAFETY: as above: raw async-signal-safe calls on a path
-            // prepared before the fork and on stack buffers.
-            ForkResult::Child => unsafe {
-                let fd = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CREAT, 0o644);
-                libc::flock(fd, libc::LOCK_EX);
-                let mut digits = [0u8; 12];
-                let mut at = digits.len() - 1;
-                digits[at] = b'\n';
-                let mut pid = libc::getpid();
-                loop {
-                    at -= 1;
-                    digits[at] = b'0' + (pid % 10) as u8;
-                    pid /= 10;
-                    if pid == 0 {
-                        break;
-                    }
-                }
-                let text = &digits[at..];
-                libc::write(fd, text.as_ptr().cast(), text.len());
-                libc::write(
-                    std::os::fd::AsRawFd::as_raw_fd(&ready_write),
-                    b"!".as_ptr().cast(),
-                    1,
-                );
-                loop {
-                    libc::pause();
-                }
-            },
-            ForkResult::Parent { child } => {
-                drop(ready_write);
-                let mut byte = [0];
-                assert_eq!(read(&ready_read, &mut byte).unwrap(), 1);
-                Self { pid: child }
-            }
-        }
-    }
-
-    /// Whether it is still running (not exited, not a zombie to reap).
-    fn running(&self) -> bool {
-        matches!(
-            waitpid(self.pid, Some(WaitPidFlag::WNOHANG)),
-            Ok(WaitStatus::StillAlive)
-        )
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(self.pid, Signal::SIGKILL);
-        let _ = waitpid(self.pid, None);
-    }
-}
 
 /// Runs `pidlock ARGS` as PID 1 of a new PID namespace with its own
 /// `/proc`, with a deadline; `--kill-child` takes the namespace down with
@@ -135,7 +65,13 @@ fn status_in_a_container_reports_a_host_holder_running_not_dead() {
     require_root!();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
-    let holder = Holder::start(&path);
+    let holder = Holder::start(
+        &path,
+        HolderOptions {
+            write_pid: true,
+            ..HolderOptions::default()
+        },
+    );
     let (output, stdout, stderr) = pidlock_in_container(&["status"], &path);
     // LSB 0 "running", not 1 "dead but the PID file exists".
     assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
@@ -157,7 +93,13 @@ fn stop_in_a_container_refuses_to_signal_an_unverified_host_holder() {
     require_root!();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
-    let holder = Holder::start(&path);
+    let holder = Holder::start(
+        &path,
+        HolderOptions {
+            write_pid: true,
+            ..HolderOptions::default()
+        },
+    );
     let (output, stdout, stderr) = pidlock_in_container(&["stop", "--kill"], &path);
     assert_eq!(output.status.code(), Some(4), "{stdout}{stderr}");
     assert_eq!(
@@ -183,7 +125,13 @@ fn wait_in_a_container_sees_a_host_holder_as_holding() {
     require_root!();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
-    let holder = Holder::start(&path);
+    let holder = Holder::start(
+        &path,
+        HolderOptions {
+            write_pid: true,
+            ..HolderOptions::default()
+        },
+    );
     let (output, stdout, stderr) = pidlock_in_container(&["wait", "--timeout", "200ms"], &path);
     assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stderr.contains("still held after 200ms"), "{stderr}");
