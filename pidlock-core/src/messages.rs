@@ -362,12 +362,18 @@ pub(crate) fn failure(error: &Error, hint: Option<&str>) -> String {
     text
 }
 
-/// An error's text as a sentence: capitalised, with a full stop.
+/// An error's text as a sentence: capitalised, with a full stop. Our texts
+/// start with an English word or an absolute path, so only an ASCII letter
+/// is ever raised (and Unicode's case tables stay out of the binary).
 fn sentence(text: &str) -> String {
-    let mut chars = text.chars();
-    chars.next().map_or_else(String::new, |first| {
-        format!("{}{}.", first.to_uppercase(), chars.as_str())
-    })
+    if text.is_empty() {
+        return String::new();
+    }
+    let mut sentence = format!("{text}.");
+    if let Some(first) = sentence.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    sentence
 }
 
 fn conflict(headline: &str, path: &Path, holder: &Holder) -> String {
