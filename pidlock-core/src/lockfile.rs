@@ -404,7 +404,7 @@ fn busy(file: OwnedFd, stat: &FileStat, path: &Path) -> Busy {
         };
         return Busy::Held(file, error);
     }
-    let started = std::time::Instant::now();
+    let started = sys::Stopwatch::start();
     let mut patience = UNVERIFIED_PATIENCE;
     loop {
         let holders = holders::find(identity);
@@ -431,7 +431,7 @@ fn busy(file: OwnedFd, stat: &FileStat, path: &Path) -> Busy {
                 Err(errno) => return Busy::Held(file, Error::io(path, "lock", errno)),
             }
         }
-        if started.elapsed() >= patience {
+        if started.exceeded(patience) {
             break;
         }
     }

@@ -75,7 +75,10 @@ pub(crate) struct Resolver<'a> {
     policy: OnConflict,
     path: &'a Path,
     log_level: LogLevel,
-    started: Instant,
+    /// When the first conflict was met: the wait's and the takeover's clocks
+    /// start there. Set by [`Resolver::resolve`], so a program that never
+    /// meets a conflict never reads the clock (nor links `Instant::now`).
+    started: Option<Instant>,
     announced: bool,
     /// The holders we signalled (the whole instance: every process sharing
     /// its lock), with what and when.
@@ -105,7 +108,7 @@ impl<'a> Resolver<'a> {
             policy,
             path,
             log_level,
-            started: Instant::now(),
+            started: None,
             announced: false,
             signalled: None,
         }
@@ -119,6 +122,7 @@ impl<'a> Resolver<'a> {
         identity: Identity,
         conflict: Error,
     ) -> Result<Next> {
+        self.started.get_or_insert_with(Instant::now);
         let holder = match &conflict {
             Error::AlreadyRunning { holder, .. } => holder.clone(),
             // Held by this process: waiting or signalling would be a deadlock
@@ -132,7 +136,7 @@ impl<'a> Resolver<'a> {
                     messages::waiting(&holder, timeout);
                 }
                 self.announced = true;
-                let deadline = timeout.map(|timeout| self.started + timeout);
+                let deadline = timeout.map(|timeout| self.started() + timeout);
                 if !systemd::is_supervised() {
                     return self.wait(file, deadline, holder);
                 }
@@ -156,6 +160,11 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    /// When the first conflict was met (see the field).
+    fn started(&self) -> Instant {
+        self.started.unwrap_or_else(Instant::now)
+    }
+
     fn wait(&self, file: OwnedFd, deadline: Option<Instant>, holder: Holder) -> Result<Next> {
         match waiting::lock_exclusive(file, deadline) {
             Ok(Waited::Locked(file)) => Ok(Next::Locked(file)),
@@ -166,8 +175,8 @@ impl<'a> Resolver<'a> {
                 path: self.path.to_owned(),
                 holder,
                 waited: deadline.map_or_else(
-                    || self.started.elapsed(),
-                    |deadline| deadline.saturating_duration_since(self.started),
+                    || self.started().elapsed(),
+                    |deadline| deadline.saturating_duration_since(self.started()),
                 ),
             }),
             Err(errno) => Err(Error::io(self.path, "wait for the lock on", errno)),
@@ -193,11 +202,11 @@ impl<'a> Resolver<'a> {
         // Whatever the holder does (ignores SIGTERM, survives SIGKILL in
         // uninterruptible I/O, keeps handing its lock to new processes), a
         // takeover ends within this bound.
-        if now >= self.started + timeout + AFTER_SIGKILL + TAKEOVER_SLACK {
+        if now >= self.started() + timeout + AFTER_SIGKILL + TAKEOVER_SLACK {
             return Err(Error::TimedOut {
                 path: self.path.to_owned(),
                 holder,
-                waited: self.started.elapsed(),
+                waited: self.started().elapsed(),
             });
         }
         let instance = holder.verified_pids();

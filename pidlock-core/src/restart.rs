@@ -17,10 +17,10 @@
 use std::ffi::{CStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 use nix::errno::Errno;
 use nix::sys::stat::fstatat;
@@ -28,7 +28,7 @@ use nix::sys::stat::fstatat;
 use crate::messages;
 use crate::pid::Pid;
 use crate::signal_context;
-use crate::sys::{Identity, Locked, flock, identity_of_raw, unsafe_kind};
+use crate::sys::{Identity, Locked, decimal, flock, identity_of_raw, unsafe_kind};
 use crate::systemd;
 
 /// The environment variable that carries the hand-over.
@@ -159,30 +159,24 @@ fn current_executable() -> io::Result<PathBuf> {
     Ok(PathBuf::from(OsString::from_vec(bytes)))
 }
 
-/// The descriptors named by this process's hand-over, if there is one:
-/// `(fd, identity)` pairs.
-fn handed_over() -> Vec<(RawFd, Identity)> {
-    let Ok(handover) = std::env::var(HANDOVER) else {
-        return Vec::new();
-    };
-    let Some((pid, entries)) = handover.split_once(';') else {
-        return Vec::new();
-    };
-    if pid.parse::<i32>().ok() != Some(Pid::current().get()) {
-        return Vec::new();
-    }
-    entries
-        .split(',')
-        .filter_map(|entry| {
-            let mut fields = entry.split(':').map(str::parse::<u64>);
-            let (Some(Ok(fd)), Some(Ok(dev)), Some(Ok(ino))) =
-                (fields.next(), fields.next(), fields.next())
-            else {
-                return None;
-            };
-            Some((RawFd::try_from(fd).ok()?, Identity::from_raw(dev, ino)))
-        })
-        .collect()
+/// The entries of this process's hand-over (`fd:dev:ino,...` after the
+/// PID that wrote it), if there is one for this process.
+///
+/// Read from the raw bytes, field by field: this runs in every program on
+/// every acquisition (almost always to find no variable), so it is kept to
+/// the code it needs.
+fn handed_over(handover: &[u8]) -> Option<&[u8]> {
+    let separator = handover.iter().position(|&byte| byte == b';')?;
+    let (pid, entries) = (&handover[..separator], &handover[separator + 1..]);
+    (decimal(pid) == Some(Pid::current().get())).then_some(entries)
+}
+
+/// One `fd:dev:ino` entry of the hand-over.
+fn entry(entry: &[u8]) -> Option<(RawFd, Identity)> {
+    let mut fields = entry.split(|&byte| byte == b':');
+    let fd: RawFd = decimal(fields.next()?)?;
+    let (dev, ino) = (decimal(fields.next()?)?, decimal(fields.next()?)?);
+    Some((fd, Identity::from_raw(dev, ino)))
 }
 
 /// The lock on `name` in `dir` handed over by [`restart`], if there is one
@@ -192,17 +186,16 @@ fn handed_over() -> Vec<(RawFd, Identity)> {
 /// The first call also marks every handed-over descriptor close-on-exec
 /// again, adopted or not, so children never inherit a lock.
 pub(crate) fn adopt(dir: BorrowedFd<'_>, name: &CStr) -> Option<Locked> {
-    static PROTECTED: Once = Once::new();
-    let handed_over = handed_over();
-    PROTECTED.call_once(|| {
-        for &(fd, identity) in &handed_over {
+    static PROTECTED: AtomicBool = AtomicBool::new(false);
+    let handover = std::env::var_os(HANDOVER)?;
+    let entries = handed_over(handover.as_bytes())?;
+    let entries = || entries.split(|&byte| byte == b',').filter_map(entry);
+    if !PROTECTED.swap(true, SeqCst) {
+        for (fd, identity) in entries() {
             if identity_of_raw(fd).is_some_and(|(open, _)| open == identity) {
                 let _ = set_close_on_exec(fd, true);
             }
         }
-    });
-    if handed_over.is_empty() {
-        return None;
     }
     let on_path = fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
     let identity = Identity::of(&on_path);
@@ -210,7 +203,7 @@ pub(crate) fn adopt(dir: BorrowedFd<'_>, name: &CStr) -> Option<Locked> {
     if signal_context::is_held(identity) {
         return None;
     }
-    let &(fd, _) = handed_over.iter().find(|(_, handed)| *handed == identity)?;
+    let (fd, _) = entries().find(|&(_, handed)| handed == identity)?;
     let (open, stat) = identity_of_raw(fd)?;
     if open != identity || unsafe_kind(&stat).is_some() {
         return None;

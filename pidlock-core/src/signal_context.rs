@@ -58,7 +58,7 @@ use std::path::PathBuf;
 use std::ptr;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Once};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::libc;
@@ -66,7 +66,7 @@ use nix::sys::signal::{
     SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, pthread_sigmask, raise, sigaction,
 };
 
-use crate::sys::{self, Identity};
+use crate::sys::{self, Identity, Stopwatch};
 
 /// How many locks the exit paths cover at once.
 const SLOTS: usize = 8;
@@ -175,9 +175,9 @@ pub(crate) fn unregister(ticket: &mut Ticket) {
     // system calls and never block, so this wait is short; if the count does
     // not drop it was inherited across `fork()` from a thread that is gone,
     // and leaking one small allocation is the safe answer.
-    let started = Instant::now();
+    let started = Stopwatch::start();
     while READERS.load(SeqCst) != 0 {
-        if started.elapsed() > READERS_PATIENCE {
+        if started.exceeded(READERS_PATIENCE) {
             return;
         }
         std::thread::yield_now();

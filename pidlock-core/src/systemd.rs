@@ -127,16 +127,7 @@ pub(crate) fn extend_timeout() -> String {
 
 /// `MONOTONIC_USEC=` now, which must accompany `RELOADING=1`.
 pub(crate) fn monotonic_usec() -> String {
-    let mut now = std::mem::MaybeUninit::<nix::libc::timespec>::uninit();
-    // SAFETY: clock_gettime fills `now` on success.
-    let status = unsafe { nix::libc::clock_gettime(nix::libc::CLOCK_MONOTONIC, now.as_mut_ptr()) };
-    let usec = if status == 0 {
-        // SAFETY: initialised by the successful call.
-        let now = unsafe { now.assume_init() };
-        i128::from(now.tv_sec) * 1_000_000 + i128::from(now.tv_nsec) / 1_000
-    } else {
-        0
-    };
+    let usec = sys::monotonic().map_or(0, |now| now.as_micros());
     format!("MONOTONIC_USEC={usec}")
 }
 

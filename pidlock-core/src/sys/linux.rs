@@ -4,12 +4,14 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 
+use nix::dir::Dir;
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use nix::fcntl::{OFlag, openat};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
 
-use super::{Identity, LockKind};
+use super::{Identity, LockKind, decimal};
 use crate::pid::Pid;
 
 /// The directory is only ever used as the base of `openat`, `fstatat` and
@@ -71,22 +73,18 @@ pub(crate) fn scan_locks(identity: Identity) -> Vec<(Pid, LockKind)> {
         return found;
     }
     let key = proc_locks_key(identity);
-    if !listed_in_proc_locks(&key) {
+    let mut text = Vec::new();
+    if !listed_in_proc_locks(&key, &mut text) {
         return found;
     }
-    let Ok(entries) = std::fs::read_dir("/proc") else {
+    let Ok(mut processes) = Dir::open("/proc", LIST_FLAGS, Mode::empty()) else {
         return found;
     };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse().ok())
-            .and_then(Pid::new)
-        else {
+    for entry in processes.iter().flatten() {
+        let Some(pid) = decimal(entry.file_name().to_bytes()).and_then(Pid::new) else {
             continue;
         };
-        if let Some(kind) = strongest_lock(pid, &key) {
+        if let Some(kind) = strongest_lock(pid, &key, &mut text) {
             found.push((pid, kind));
         }
     }
@@ -98,34 +96,59 @@ pub(crate) fn lock_held_by(pid: Pid, identity: Identity) -> Option<LockKind> {
     if !proc_is_ours() {
         return None;
     }
-    strongest_lock(pid, &proc_locks_key(identity))
+    strongest_lock(pid, &proc_locks_key(identity), &mut Vec::new())
 }
 
 /// The parent of `pid` (field 4 of `/proc/<pid>/stat`, after the command
 /// name, which may contain spaces and parentheses).
 pub(crate) fn parent_of(pid: Pid) -> Option<Pid> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-        .and_then(Pid::new)
+    let mut stat = Vec::new();
+    read_proc(&format!("/proc/{pid}/stat"), &mut stat)?;
+    let after_name = &stat[stat.iter().rposition(|&byte| byte == b')')? + 1..];
+    let mut fields = after_name
+        .split(u8::is_ascii_whitespace)
+        .filter(|field| !field.is_empty());
+    decimal(fields.nth(1)?).and_then(Pid::new)
 }
 
 /// The PID `pid` has in its own (innermost) PID namespace: the last number
 /// of the `NSpid:` line of `/proc/<pid>/status`.
 pub(crate) fn own_namespace_pid(pid: Pid) -> Option<Pid> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status
-        .lines()
-        .find_map(|line| line.strip_prefix("NSpid:"))?;
-    line.split_whitespace()
-        .last()?
-        .parse()
-        .ok()
-        .and_then(Pid::new)
+    let mut status = Vec::new();
+    read_proc(&format!("/proc/{pid}/status"), &mut status)?;
+    let line = lines(&status).find_map(|line| line.strip_prefix(b"NSpid:"))?;
+    let last = line
+        .split(u8::is_ascii_whitespace)
+        .rfind(|field| !field.is_empty())?;
+    decimal(last).and_then(Pid::new)
+}
+
+/// How `/proc` directories are opened for listing.
+const LIST_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_CLOEXEC);
+
+/// Reads a `/proc` file whole into `into` (emptied first). A plain
+/// `read(2)` loop: `/proc` files report no size, and `std::fs`'s reading
+/// machinery would be linked into every program for these few files.
+fn read_proc(path: &str, into: &mut Vec<u8>) -> Option<()> {
+    let file = nix::fcntl::open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
+    read_whole(file.as_fd(), into)
+}
+
+fn read_whole(file: BorrowedFd<'_>, into: &mut Vec<u8>) -> Option<()> {
+    into.clear();
+    let mut chunk = [0; 4096];
+    loop {
+        match super::retry_eintr(|| nix::unistd::read(file, &mut chunk)).ok()? {
+            0 => return Some(()),
+            read => into.extend_from_slice(&chunk[..read]),
+        }
+    }
+}
+
+fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
+    text.split(|&byte| byte == b'\n')
 }
 
 /// How `/proc/locks` and fdinfo name a file: hex `major:minor`, then the inode.
@@ -139,40 +162,55 @@ fn proc_locks_key(identity: Identity) -> String {
 
 /// Whether `/proc/locks` has a granted FLOCK entry (not a waiter, `->`) for
 /// the file `key` names. If `/proc/locks` cannot be read, assume it may.
-fn listed_in_proc_locks(key: &str) -> bool {
-    let Ok(table) = std::fs::read_to_string("/proc/locks") else {
+/// `buffer` is scratch space, lent to save an allocation.
+fn listed_in_proc_locks(key: &str, buffer: &mut Vec<u8>) -> bool {
+    if read_proc("/proc/locks", buffer).is_none() {
         return true;
-    };
-    table
-        .lines()
-        .any(|line| flock_line(line).is_some_and(|(_, file)| file == key))
+    }
+    lines(buffer).any(|line| flock_line(line).is_some_and(|(_, file)| file == key.as_bytes()))
 }
 
 /// `/proc` numbers processes as the namespace it was mounted for. If that is
 /// not ours (a container that bind-mounted the host's `/proc`), its numbers
 /// would name other processes than ours do: trust none of them.
 fn proc_is_ours() -> bool {
-    std::fs::read_link("/proc/self")
-        .ok()
-        .and_then(|link| link.to_str()?.parse::<i32>().ok())
-        == Some(Pid::current().get())
+    // The first field of `/proc/self/stat` is our PID as `/proc` numbers it.
+    let mut stat = Vec::new();
+    read_proc("/proc/self/stat", &mut stat).is_some()
+        && stat.split(|&byte| byte == b' ').next().and_then(decimal) == Some(Pid::current().get())
 }
 
 /// The strongest lock `pid` holds on the file `key` names, through any
-/// descriptor.
-fn strongest_lock(pid: Pid, key: &str) -> Option<LockKind> {
-    let fdinfo = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?;
+/// descriptor. `buffer` is scratch space.
+fn strongest_lock(pid: Pid, key: &str, buffer: &mut Vec<u8>) -> Option<LockKind> {
+    let path = format!("/proc/{pid}/fdinfo");
+    let directory = nix::fcntl::open(path.as_str(), LIST_FLAGS, Mode::empty()).ok()?;
+    // The listing gets its own descriptor, so that `directory` stays free to
+    // open the entries while it runs.
+    let mut fdinfo = Dir::from_fd(directory.try_clone().ok()?).ok()?;
     let mut found = None;
-    for fd in fdinfo.flatten() {
+    for fd in fdinfo.iter().flatten() {
         // Only the fdinfo text, never a `stat` through `/proc/<pid>/fd/N`:
         // that follows the link into the file's own filesystem, and one
         // descriptor on a hung mount (a dead FUSE or NFS server) anywhere on
         // the machine would block every conflict report. The `lock:` lines
         // name the file by device and inode, which is all we compare.
-        let Ok(info) = std::fs::read_to_string(fd.path()) else {
+        let name = fd.file_name();
+        if name.to_bytes().first() == Some(&b'.') {
+            continue;
+        }
+        let Ok(info) = openat(
+            &directory,
+            name,
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) else {
             continue;
         };
-        match lock_in_fdinfo(&info, key) {
+        if read_whole(info.as_fd(), buffer).is_none() {
+            continue;
+        }
+        match lock_in_fdinfo(buffer, key.as_bytes()) {
             Some(LockKind::Exclusive) => return Some(LockKind::Exclusive),
             Some(LockKind::Shared) => found = Some(LockKind::Shared),
             None => {}
@@ -185,9 +223,9 @@ fn strongest_lock(pid: Pid, key: &str) -> Option<LockKind> {
 /// `lock:\t1: FLOCK  ADVISORY  WRITE 5152 fe:00:10010769 0 EOF`. The PID in
 /// them is whoever took the lock (possibly gone); only the kind and the file
 /// matter here.
-fn lock_in_fdinfo(info: &str, key: &str) -> Option<LockKind> {
-    info.lines()
-        .filter_map(|line| line.strip_prefix("lock:"))
+fn lock_in_fdinfo(info: &[u8], key: &[u8]) -> Option<LockKind> {
+    lines(info)
+        .filter_map(|line| line.strip_prefix(b"lock:"))
         .find_map(|line| flock_line(line).filter(|&(_, file)| file == key))
         .map(|(kind, _)| kind)
 }
@@ -196,16 +234,18 @@ fn lock_in_fdinfo(info: &str, key: &str) -> Option<LockKind> {
 /// `1: FLOCK  ADVISORY  WRITE 5152 fe:00:10010769 0 EOF`, read as its kind
 /// and its file (`major:minor:inode`). A waiter (`1: -> FLOCK ...`), a POSIX
 /// lock or an OFD lock is `None`.
-fn flock_line(line: &str) -> Option<(LockKind, &str)> {
-    let mut fields = line.split_ascii_whitespace();
+fn flock_line(line: &[u8]) -> Option<(LockKind, &[u8])> {
+    let mut fields = line
+        .split(u8::is_ascii_whitespace)
+        .filter(|field| !field.is_empty());
     let _ordinal = fields.next()?;
-    if fields.next()? != "FLOCK" {
+    if fields.next()? != b"FLOCK" {
         return None;
     }
     let _advisory = fields.next()?;
     let kind = match fields.next()? {
-        "WRITE" => LockKind::Exclusive,
-        "READ" => LockKind::Shared,
+        b"WRITE" => LockKind::Exclusive,
+        b"READ" => LockKind::Shared,
         _ => return None,
     };
     let _taken_by = fields.next()?;
@@ -272,17 +312,17 @@ mod tests {
 
     #[test]
     fn fdinfo_lock_lines_are_matched_by_kind_and_file() {
-        let key = "fe:00:10010769";
-        let info = "pos:\t0\nflags:\t02100002\nmnt_id:\t29\nino:\t10010769\n\
+        let key = b"fe:00:10010769";
+        let info = b"pos:\t0\nflags:\t02100002\nmnt_id:\t29\nino:\t10010769\n\
                     lock:\t1: FLOCK  ADVISORY  WRITE 5152 fe:00:10010769 0 EOF\n";
         assert_eq!(lock_in_fdinfo(info, key), Some(LockKind::Exclusive));
-        let shared = "pos:\t0\nlock:\t1: FLOCK  ADVISORY  READ 77 fe:00:10010769 0 EOF\n";
+        let shared = b"pos:\t0\nlock:\t1: FLOCK  ADVISORY  READ 77 fe:00:10010769 0 EOF\n";
         assert_eq!(lock_in_fdinfo(shared, key), Some(LockKind::Shared));
-        let posix = "lock:\t1: POSIX  ADVISORY  WRITE 77 fe:00:10010769 0 EOF\n";
+        let posix = b"lock:\t1: POSIX  ADVISORY  WRITE 77 fe:00:10010769 0 EOF\n";
         assert_eq!(lock_in_fdinfo(posix, key), None);
-        let other = "lock:\t1: FLOCK  ADVISORY  WRITE 77 fe:01:10010769 0 EOF\n";
+        let other = b"lock:\t1: FLOCK  ADVISORY  WRITE 77 fe:01:10010769 0 EOF\n";
         assert_eq!(lock_in_fdinfo(other, key), None);
-        let waiter = "1: -> FLOCK  ADVISORY  WRITE 78 fe:00:10010769 0 EOF";
+        let waiter = b"1: -> FLOCK  ADVISORY  WRITE 78 fe:00:10010769 0 EOF";
         assert_eq!(flock_line(waiter), None);
     }
 

@@ -18,8 +18,8 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat};
@@ -95,6 +95,40 @@ pub(crate) fn identity_of_raw(fd: RawFd) -> Option<(Identity, FileStat)> {
     })
 }
 
+/// A decimal number written by the kernel (`/proc`) or by us (the restart
+/// hand-over), read from raw bytes.
+pub(crate) fn decimal<T: std::str::FromStr>(digits: &[u8]) -> Option<T> {
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Measures time on `CLOCK_MONOTONIC` for the short bounded loops of every
+/// acquisition. `std::time::Instant` reads the same clock, but it panics if
+/// the clock cannot be read, and that panic alone links the `Debug`
+/// formatting of `io::Error` into every program (4.3 KiB, BENCHMARKS.md §5).
+/// Here a clock that cannot be read counts as time up, so no loop can spin
+/// forever on it.
+pub(crate) struct Stopwatch(Option<Duration>);
+
+impl Stopwatch {
+    pub(crate) fn start() -> Self {
+        Self(monotonic())
+    }
+
+    /// Whether more than `limit` has passed since [`Stopwatch::start`].
+    pub(crate) fn exceeded(&self, limit: Duration) -> bool {
+        match (self.0, monotonic()) {
+            (Some(started), Some(now)) => now.saturating_sub(started) > limit,
+            _ => true,
+        }
+    }
+}
+
+/// Time on `CLOCK_MONOTONIC` (the clock `MONOTONIC_USEC=` is read from).
+pub(crate) fn monotonic() -> Option<Duration> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+    Some(Duration::from(now))
+}
+
 /// A file we hold the lock on, verified to be the one the path names.
 pub(crate) struct Locked {
     pub(crate) file: OwnedFd,
@@ -121,18 +155,32 @@ pub(crate) fn open_dir(parent: &Path, path: &Path) -> Result<OwnedFd> {
     match open() {
         Ok(dir) => Ok(dir),
         Err(Errno::ENOENT) => {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(parent)
-                .map_err(|source| Error::Io {
-                    path: path.to_owned(),
-                    action: "create the directory of",
-                    source,
-                })?;
+            create_directories(parent)
+                .map_err(|errno| Error::io(path, "create the directory of", errno))?;
             open().map_err(|errno| Error::io(path, "open the directory of", errno))
         }
         Err(errno) => Err(Error::io(path, "open the directory of", errno)),
+    }
+}
+
+/// Creates `directory` and its missing ancestors (0755, less the umask),
+/// as `mkdir -p` does. One that appears meanwhile is fine; whether it is a
+/// directory is for the `open` that follows to find out.
+fn create_directories(directory: &Path) -> nix::Result<()> {
+    let mode = Mode::from_bits_truncate(0o755);
+    match retry_eintr(|| nix::unistd::mkdir(directory, mode)) {
+        Ok(()) | Err(Errno::EEXIST) => Ok(()),
+        Err(Errno::ENOENT) => {
+            match directory.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => create_directories(parent)?,
+                _ => return Err(Errno::ENOENT),
+            }
+            match retry_eintr(|| nix::unistd::mkdir(directory, mode)) {
+                Ok(()) | Err(Errno::EEXIST) => Ok(()),
+                Err(errno) => Err(errno),
+            }
+        }
+        Err(errno) => Err(errno),
     }
 }
 
