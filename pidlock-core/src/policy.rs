@@ -11,7 +11,7 @@ use crate::error::{Error, Holder, Result};
 use crate::holders::signal_verified;
 use crate::messages::{self, Level, LogLevel};
 use crate::pid::Pid;
-use crate::sys::Identity;
+use crate::sys::{Identity, Stopwatch};
 use crate::systemd;
 use crate::waiting::{self, Waited};
 
@@ -75,10 +75,10 @@ pub(crate) struct Resolver<'a> {
     policy: OnConflict,
     path: &'a Path,
     log_level: LogLevel,
-    /// When the first conflict was met: the wait's and the takeover's clocks
-    /// start there. Set by [`Resolver::resolve`], so a program that never
-    /// meets a conflict never reads the clock (nor links `Instant::now`).
-    started: Option<Instant>,
+    /// Started with the acquisition: timeouts count from there. A
+    /// [`Stopwatch`], not an `Instant`, so that a program that never waits
+    /// does not link `Instant::now` (see [`Stopwatch`]).
+    started: Stopwatch,
     announced: bool,
     /// The holders we signalled (the whole instance: every process sharing
     /// its lock), with what and when.
@@ -108,7 +108,7 @@ impl<'a> Resolver<'a> {
             policy,
             path,
             log_level,
-            started: None,
+            started: Stopwatch::start(),
             announced: false,
             signalled: None,
         }
@@ -122,7 +122,6 @@ impl<'a> Resolver<'a> {
         identity: Identity,
         conflict: Error,
     ) -> Result<Next> {
-        self.started.get_or_insert_with(Instant::now);
         let holder = match &conflict {
             Error::AlreadyRunning { holder, .. } => holder.clone(),
             // Held by this process: waiting or signalling would be a deadlock
@@ -160,9 +159,9 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    /// When the first conflict was met (see the field).
+    /// When the acquisition started, as an `Instant` for deadlines.
     fn started(&self) -> Instant {
-        self.started.unwrap_or_else(Instant::now)
+        self.started.started_at()
     }
 
     fn wait(&self, file: OwnedFd, deadline: Option<Instant>, holder: Holder) -> Result<Next> {

@@ -174,7 +174,7 @@ fn handed_over(handover: &[u8]) -> Option<&[u8]> {
 /// One `fd:dev:ino` entry of the hand-over.
 fn entry(entry: &[u8]) -> Option<(RawFd, Identity)> {
     let mut fields = entry.split(|&byte| byte == b':');
-    let fd: RawFd = decimal(fields.next()?)?;
+    let fd = RawFd::try_from(decimal::<u32>(fields.next()?)?).ok()?;
     let (dev, ino) = (decimal(fields.next()?)?, decimal(fields.next()?)?);
     Some((fd, Identity::from_raw(dev, ino)))
 }
@@ -208,6 +208,10 @@ pub(crate) fn adopt(dir: BorrowedFd<'_>, name: &CStr) -> Option<Locked> {
     if open != identity || unsafe_kind(&stat).is_some() {
         return None;
     }
+    // Protected above by whichever call came first; set here too, so that a
+    // thread adopting while another is still protecting cannot leave it
+    // inheritable.
+    let _ = set_close_on_exec(fd, true);
     // SAFETY: the descriptor is open and is the very file the hand-over
     // names, inherited across our own exec: nothing else in this image owns
     // it. From here it is ours to keep or to close.
@@ -220,4 +224,33 @@ pub(crate) fn adopt(dir: BorrowedFd<'_>, name: &CStr) -> Option<Locked> {
         stat,
         created: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hand_over_is_read_for_this_process_only() {
+        let ours = format!("{};5:64769:1234,7:1:2", Pid::current());
+        assert_eq!(
+            handed_over(ours.as_bytes()),
+            Some(&b"5:64769:1234,7:1:2"[..])
+        );
+        let other = format!("{};5:64769:1234", Pid::current().get() + 1);
+        assert_eq!(handed_over(other.as_bytes()), None);
+        assert_eq!(handed_over(b"5:64769:1234"), None);
+    }
+
+    #[test]
+    fn entries_are_descriptor_device_inode() {
+        assert_eq!(
+            entry(b"5:64769:1234"),
+            Some((5, Identity::from_raw(64769, 1234)))
+        );
+        assert_eq!(entry(b"-3:1:2"), None);
+        assert_eq!(entry(b"5:1"), None);
+        assert_eq!(entry(b"5:1:x"), None);
+        assert_eq!(entry(b"4294967295:1:2"), None);
+    }
 }

@@ -80,7 +80,9 @@ pub(crate) fn scan_locks(identity: Identity) -> Vec<(Pid, LockKind)> {
     let Ok(mut processes) = Dir::open("/proc", LIST_FLAGS, Mode::empty()) else {
         return found;
     };
-    for entry in processes.iter().flatten() {
+    // `map_while`: nix's `readdir` repeats an error for as long as the
+    // kernel does, so skipping errors could loop forever.
+    for entry in processes.iter().map_while(Result::ok) {
         let Some(pid) = decimal(entry.file_name().to_bytes()).and_then(Pid::new) else {
             continue;
         };
@@ -104,6 +106,10 @@ pub(crate) fn lock_held_by(pid: Pid, identity: Identity) -> Option<LockKind> {
 pub(crate) fn parent_of(pid: Pid) -> Option<Pid> {
     let mut stat = Vec::new();
     read_proc(&format!("/proc/{pid}/stat"), &mut stat)?;
+    parent_in_stat(&stat)
+}
+
+fn parent_in_stat(stat: &[u8]) -> Option<Pid> {
     let after_name = &stat[stat.iter().rposition(|&byte| byte == b')')? + 1..];
     let mut fields = after_name
         .split(u8::is_ascii_whitespace)
@@ -116,7 +122,11 @@ pub(crate) fn parent_of(pid: Pid) -> Option<Pid> {
 pub(crate) fn own_namespace_pid(pid: Pid) -> Option<Pid> {
     let mut status = Vec::new();
     read_proc(&format!("/proc/{pid}/status"), &mut status)?;
-    let line = lines(&status).find_map(|line| line.strip_prefix(b"NSpid:"))?;
+    innermost_pid_in_status(&status)
+}
+
+fn innermost_pid_in_status(status: &[u8]) -> Option<Pid> {
+    let line = lines(status).find_map(|line| line.strip_prefix(b"NSpid:"))?;
     let last = line
         .split(u8::is_ascii_whitespace)
         .rfind(|field| !field.is_empty())?;
@@ -189,7 +199,7 @@ fn strongest_lock(pid: Pid, key: &str, buffer: &mut Vec<u8>) -> Option<LockKind>
     // open the entries while it runs.
     let mut fdinfo = Dir::from_fd(directory.try_clone().ok()?).ok()?;
     let mut found = None;
-    for fd in fdinfo.iter().flatten() {
+    for fd in fdinfo.iter().map_while(Result::ok) {
         // Only the fdinfo text, never a `stat` through `/proc/<pid>/fd/N`:
         // that follows the link into the file's own filesystem, and one
         // descriptor on a hung mount (a dead FUSE or NFS server) anywhere on
@@ -324,6 +334,30 @@ mod tests {
         assert_eq!(lock_in_fdinfo(other, key), None);
         let waiter = b"1: -> FLOCK  ADVISORY  WRITE 78 fe:00:10010769 0 EOF";
         assert_eq!(flock_line(waiter), None);
+    }
+
+    /// The command name (field 2) may hold spaces, parentheses and bytes
+    /// that are not UTF-8; the parent is the second field after its last `)`.
+    #[test]
+    fn the_parent_is_read_after_the_command_name() {
+        let stat = b"4242 (a) b (\xff) c) S 17 4242 4242 0 -1 4194560 99\n";
+        assert_eq!(parent_in_stat(stat), Pid::new(17));
+        assert_eq!(parent_in_stat(b"4242 (bot) S"), None);
+        assert_eq!(parent_in_stat(b"4242 bot S 17"), None);
+        let ours = std::fs::read(format!("/proc/{}/stat", Pid::current())).expect("our stat");
+        let parent = i32::try_from(std::os::unix::process::parent_id()).ok();
+        assert_eq!(parent_in_stat(&ours).map(Pid::get), parent);
+    }
+
+    #[test]
+    fn the_innermost_pid_is_the_last_of_nspid() {
+        let status = b"Name:\t\xffbot\nPid:\t900\nNSpid:\t900\t12\t1\nPPid:\t1\n";
+        assert_eq!(innermost_pid_in_status(status), Pid::new(1));
+        assert_eq!(
+            innermost_pid_in_status(b"Name:\tbot\nNSpid:\t77 \n"),
+            Pid::new(77)
+        );
+        assert_eq!(innermost_pid_in_status(b"Name:\tbot\nPid:\t77\n"), None);
     }
 
     /// The premise of the Linux timed wait: a watch on `/proc/self/fd/N` is

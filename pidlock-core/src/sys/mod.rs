@@ -102,11 +102,11 @@ pub(crate) fn decimal<T: std::str::FromStr>(digits: &[u8]) -> Option<T> {
 }
 
 /// Measures time on `CLOCK_MONOTONIC` for the short bounded loops of every
-/// acquisition. `std::time::Instant` reads the same clock, but it panics if
-/// the clock cannot be read, and that panic alone links the `Debug`
-/// formatting of `io::Error` into every program (4.3 KiB, BENCHMARKS.md §5).
-/// Here a clock that cannot be read counts as time up, so no loop can spin
-/// forever on it.
+/// acquisition. `std::time::Instant` would do (on Linux it reads the same
+/// clock), but it panics if the clock cannot be read, and that panic alone
+/// links the `Debug` formatting of `io::Error` into every program (4.3 KiB,
+/// BENCHMARKS.md §5). Here a clock that cannot be read counts as time up,
+/// so no loop can spin forever on it.
 pub(crate) struct Stopwatch(Option<Duration>);
 
 impl Stopwatch {
@@ -114,12 +114,24 @@ impl Stopwatch {
         Self(monotonic())
     }
 
+    /// Time since [`Stopwatch::start`], if the clock could be read.
+    pub(crate) fn elapsed(&self) -> Option<Duration> {
+        Some(monotonic()?.saturating_sub(self.0?))
+    }
+
     /// Whether more than `limit` has passed since [`Stopwatch::start`].
     pub(crate) fn exceeded(&self, limit: Duration) -> bool {
-        match (self.0, monotonic()) {
-            (Some(started), Some(now)) => now.saturating_sub(started) > limit,
-            _ => true,
-        }
+        self.elapsed().is_none_or(|elapsed| elapsed > limit)
+    }
+
+    /// The [`Instant`](std::time::Instant) it started at (now, if the clock
+    /// could not be read), for deadlines in `Instant`s. Only code that waits
+    /// calls it, so only programs that wait link `Instant::now`.
+    pub(crate) fn started_at(&self) -> std::time::Instant {
+        let now = std::time::Instant::now();
+        self.elapsed()
+            .and_then(|elapsed| now.checked_sub(elapsed))
+            .unwrap_or(now)
     }
 }
 
@@ -163,25 +175,32 @@ pub(crate) fn open_dir(parent: &Path, path: &Path) -> Result<OwnedFd> {
     }
 }
 
-/// Creates `directory` and its missing ancestors (0755, less the umask),
-/// as `mkdir -p` does. One that appears meanwhile is fine; whether it is a
-/// directory is for the `open` that follows to find out.
+/// Creates `directory` and its missing ancestors (0755, less the umask).
+/// As with `std::fs::create_dir_all`, a failure is success if the path is
+/// a directory by then (it was already, or another process made it
+/// meanwhile); else its error stands (`EEXIST` for a file or a dangling
+/// symlink in the way).
 fn create_directories(directory: &Path) -> nix::Result<()> {
     let mode = Mode::from_bits_truncate(0o755);
-    match retry_eintr(|| nix::unistd::mkdir(directory, mode)) {
-        Ok(()) | Err(Errno::EEXIST) => Ok(()),
-        Err(Errno::ENOENT) => {
-            match directory.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => create_directories(parent)?,
-                _ => return Err(Errno::ENOENT),
+    let made = match retry_eintr(|| nix::unistd::mkdir(directory, mode)) {
+        Err(Errno::ENOENT) => match directory.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => {
+                create_directories(parent)?;
+                retry_eintr(|| nix::unistd::mkdir(directory, mode))
             }
-            match retry_eintr(|| nix::unistd::mkdir(directory, mode)) {
-                Ok(()) | Err(Errno::EEXIST) => Ok(()),
-                Err(errno) => Err(errno),
-            }
-        }
-        Err(errno) => Err(errno),
+            _ => Err(Errno::ENOENT),
+        },
+        made => made,
+    };
+    match made {
+        Err(_) if is_directory(directory) => Ok(()),
+        made => made,
     }
+}
+
+fn is_directory(path: &Path) -> bool {
+    nix::sys::stat::stat(path)
+        .is_ok_and(|stat| SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
 }
 
 /// Opens the PID file, creating it if absent. `Err(None)` means "vanished
@@ -356,4 +375,43 @@ pub(crate) fn dup_raw(fd: RawFd) -> nix::Result<OwnedFd> {
     let new = Errno::result(unsafe { nix::libc::fcntl(fd, nix::libc::F_DUPFD_CLOEXEC, 0) })?;
     // SAFETY: `new` was just returned to us by the kernel.
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_are_whole_fields() {
+        assert_eq!(decimal::<i32>(b"4242"), Some(4242));
+        assert_eq!(decimal::<i32>(b""), None);
+        assert_eq!(decimal::<i32>(b"42 "), None);
+        assert_eq!(decimal::<i32>(b"\xff"), None);
+        assert_eq!(decimal::<u32>(b"-1"), None);
+    }
+
+    #[test]
+    fn missing_directories_are_made_and_a_file_in_the_way_is_refused() {
+        let root = tempfile::tempdir().expect("a temporary directory");
+        let nested = root.path().join("a/b/c");
+        assert_eq!(create_directories(&nested), Ok(()));
+        assert!(nested.is_dir());
+        assert_eq!(create_directories(&nested), Ok(()), "already there");
+        let file = root.path().join("file");
+        std::fs::write(&file, b"").expect("a file");
+        assert_eq!(create_directories(&file), Err(Errno::EEXIST));
+        assert_eq!(create_directories(&file.join("below")), Err(Errno::ENOTDIR));
+        let dangling = root.path().join("dangling");
+        std::os::unix::fs::symlink(root.path().join("nowhere"), &dangling).expect("a symlink");
+        assert_eq!(create_directories(&dangling), Err(Errno::EEXIST));
+    }
+
+    #[test]
+    fn a_stopwatch_counts_up() {
+        let stopwatch = Stopwatch::start();
+        assert!(!stopwatch.exceeded(Duration::from_secs(3600)));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(stopwatch.exceeded(Duration::from_millis(10)));
+        assert!(stopwatch.started_at() <= std::time::Instant::now());
+    }
 }
