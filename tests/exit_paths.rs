@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -239,16 +238,10 @@ fn sigint_with_the_ctrlc_crate_runs_the_programs_shutdown() {
 #[test]
 fn sighup_ignored_at_start_stays_ignored() {
     let case = Case::new();
-    let mut command = case.command("hold");
-    // As `nohup` does: SIGHUP ignored before exec.
-    // SAFETY: `signal` is async-signal-safe, as required between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::signal::signal(Signal::SIGHUP, nix::sys::signal::SigHandler::SigIgn)
-                .map(drop)
-                .map_err(std::io::Error::from)
-        });
-    }
+    // Through `nohup` itself, which ignores SIGHUP and execs the program
+    // (after the harness has put the signals it inherits back to default).
+    let mut command = case.command_for(Path::new("nohup"), env!("CARGO_BIN_EXE_fixture-holder"));
+    command.arg("hold");
     let mut running = start(command);
     running.signal(Signal::SIGHUP);
     std::thread::sleep(std::time::Duration::from_millis(200));

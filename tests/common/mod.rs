@@ -116,14 +116,20 @@ impl Drop for Running {
 }
 
 /// A shell without job control starts background jobs with SIGINT and
-/// SIGQUIT ignored, and a child inherits that across exec: put both back to
-/// their defaults, as a terminal or CI gives them, so that every test means
-/// the same however the suite was started.
-fn default_interrupts(command: &mut Command) {
+/// SIGQUIT ignored, `nohup` ignores SIGHUP, and a child inherits that across
+/// exec (pidlock then rightly leaves them ignored). Put every signal the
+/// tests send back to its default, as a terminal or CI gives them, so that
+/// every test means the same however the suite was started.
+fn default_signals(command: &mut Command) {
     // SAFETY: `signal` is async-signal-safe, as required between fork and exec.
     unsafe {
         command.pre_exec(|| {
-            for signal in [Signal::SIGINT, Signal::SIGQUIT] {
+            for signal in [
+                Signal::SIGHUP,
+                Signal::SIGINT,
+                Signal::SIGQUIT,
+                Signal::SIGTERM,
+            ] {
                 nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl)
                     .map_err(std::io::Error::from)?;
             }
@@ -134,7 +140,7 @@ fn default_interrupts(command: &mut Command) {
 
 /// Starts `command` and waits for its first line on stdout.
 pub fn start(mut command: Command) -> Running {
-    default_interrupts(&mut command);
+    default_signals(&mut command);
     let mut child = command.spawn().expect("spawn");
     let stdout = child.stdout.take().expect("stdout piped");
     let (send, receive) = mpsc::channel();
@@ -160,7 +166,7 @@ pub fn start(mut command: Command) -> Running {
 
 /// Runs `command` to completion with a deadline: status and stderr.
 pub fn run(mut command: Command) -> (ExitStatus, String) {
-    default_interrupts(&mut command);
+    default_signals(&mut command);
     let mut child = command.stdout(Stdio::null()).spawn().expect("spawn");
     let mut stderr = child.stderr.take().expect("stderr piped");
     let reader = std::thread::spawn(move || {
