@@ -78,7 +78,10 @@ pub(crate) struct Resolver<'a> {
     /// Started with the acquisition: timeouts count from there. A
     /// [`Stopwatch`], not an `Instant`, so that a program that never waits
     /// does not link `Instant::now` (see [`Stopwatch`]).
-    started: Stopwatch,
+    stopwatch: Stopwatch,
+    /// The same moment as an `Instant`, fixed at the first conflict, so that
+    /// every deadline and every "waited" is measured from one value.
+    started: Option<Instant>,
     announced: bool,
     /// The holders we signalled (the whole instance: every process sharing
     /// its lock), with what and when.
@@ -108,7 +111,8 @@ impl<'a> Resolver<'a> {
             policy,
             path,
             log_level,
-            started: Stopwatch::start(),
+            stopwatch: Stopwatch::start(),
+            started: None,
             announced: false,
             signalled: None,
         }
@@ -122,6 +126,8 @@ impl<'a> Resolver<'a> {
         identity: Identity,
         conflict: Error,
     ) -> Result<Next> {
+        self.started
+            .get_or_insert_with(|| self.stopwatch.started_at());
         let holder = match &conflict {
             Error::AlreadyRunning { holder, .. } => holder.clone(),
             // Held by this process: waiting or signalling would be a deadlock
@@ -159,9 +165,10 @@ impl<'a> Resolver<'a> {
         }
     }
 
-    /// When the acquisition started, as an `Instant` for deadlines.
+    /// When the acquisition started, as an `Instant` for deadlines (fixed
+    /// by [`Resolver::resolve`] before anything asks).
     fn started(&self) -> Instant {
-        self.started.started_at()
+        self.started.unwrap_or_else(|| self.stopwatch.started_at())
     }
 
     fn wait(&self, file: OwnedFd, deadline: Option<Instant>, holder: Holder) -> Result<Next> {
