@@ -121,8 +121,14 @@ fn a_container_holder_is_named_by_its_host_pid_and_stopped_by_it() {
     );
 
     assert_eq!(
-        pidlock_core::stop(&case.pid_file, DEADLINE, false).unwrap(),
-        Stopped::Exited(host)
+        pidlock_core::Stop::new()
+            .timeout(DEADLINE)
+            .run(&case.pid_file)
+            .unwrap(),
+        Stopped::Exited {
+            pid: host,
+            now_held_by: None
+        }
     );
     let (status, stderr) = container.finish();
     // PID 1 has no default action for SIGTERM: the handler ends it with
@@ -637,10 +643,10 @@ fn status_and_wait_in_tight_loops_never_make_a_start_fail() {
             while !done.load(Ordering::Relaxed) {
                 match pidlock_core::status(&case.pid_file) {
                     Ok(Status::Running(_)) => _ = running.fetch_add(1, Ordering::Relaxed),
-                    Ok(Status::Stale { pid: None }) => {
+                    Ok(Status::Stale { pid: None, .. }) => {
                         _ = stale_empty.fetch_add(1, Ordering::Relaxed)
                     }
-                    Ok(Status::Stale { pid: Some(_) }) => {
+                    Ok(Status::Stale { pid: Some(_), .. }) => {
                         _ = stale_pid.fetch_add(1, Ordering::Relaxed)
                     }
                     Ok(Status::NotRunning) => {}
@@ -742,7 +748,8 @@ fn status_never_calls_a_cleanly_released_file_stale() {
     let failure = std::thread::scope(|scope| {
         scope.spawn(|| {
             while !done.load(Ordering::Relaxed) {
-                if let Ok(Status::Stale { pid: Some(_) }) = pidlock_core::status(&case.pid_file) {
+                if let Ok(Status::Stale { pid: Some(_), .. }) = pidlock_core::status(&case.pid_file)
+                {
                     false_stale.fetch_add(1, Ordering::Relaxed);
                 }
             }

@@ -817,7 +817,10 @@ fn takeover_signals_the_true_holder_and_returns_promptly_when_the_locker_is_dead
 /// `stop` in-process: must stop the true holder only.
 fn stop_stops_only_the_true_holder(case: &Case, holder: &mut LockHolder, victim: Option<&mut Kid>) {
     let started = Instant::now();
-    let stopped = pidlock_core::stop(&case.pid_file, Duration::from_secs(2), true);
+    let stopped = pidlock_core::Stop::new()
+        .timeout(Duration::from_secs(2))
+        .escalation(pidlock_core::Escalation::Kill)
+        .run(&case.pid_file);
     let took = started.elapsed();
     if let Some(victim) = victim {
         assert!(
@@ -832,7 +835,7 @@ fn stop_stops_only_the_true_holder(case: &Case, holder: &mut LockHolder, victim:
     assert!(
         matches!(
             stopped,
-            Ok(Stopped::Exited(pid) | Stopped::Killed(pid)) if pid == true_holder
+            Ok(Stopped::Exited { pid, .. } | Stopped::Killed { pid, .. }) if pid == true_holder
         ),
         "stop returned {stopped:?} after {took:?}; the true holder is {true_holder}"
     );

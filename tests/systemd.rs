@@ -193,24 +193,49 @@ fn restart_is_a_reload_of_the_same_pid() {
         lines[2],
         format!("STATUS=Restarting with the lock held (PID {pid})")
     );
-    // The new image (same PID) found the socket although it was taken out
-    // of the environment, and reports the lock it kept.
+    // The new image (same PID) reports the lock it kept.
     assert_eq!(manager.next("holding after exec"), case.holds(pid));
 }
 
+/// A `Type=notify` service that sends its own `READY=1` and `WATCHDOG=1`
+/// with the `sd-notify` crate (which reads `NOTIFY_SOCKET` on every call):
+/// both arrive after pidlock's own line. Were the variable taken out of
+/// the environment, the crate would report success and systemd would
+/// never hear READY (the unit killed at `TimeoutStartSec=`).
 #[test]
-fn the_notify_socket_is_not_passed_on_to_children() {
+fn the_programs_own_notifications_reach_the_service_manager() {
+    let manager = Manager::at_path();
+    let case = Case::new();
+    let mut child = case
+        .supervised_holder(&["notify-itself"], Some(&manager))
+        .spawn()
+        .unwrap();
+    assert_eq!(manager.next("holding"), case.holds(child.id()));
+    assert_eq!(manager.next("the program's READY"), "READY=1\n");
+    assert_eq!(manager.next("the program's WATCHDOG"), "WATCHDOG=1\n");
+    assert!(wait(&mut child).success());
+    assert_eq!(
+        manager.next("stopping"),
+        "STOPPING=1\nSTATUS=Releasing the lock..."
+    );
+}
+
+/// The variable stays in the environment, so children see it as well:
+/// systemd's default `NotifyAccess=main` ignores what they send.
+#[test]
+fn the_notify_socket_stays_in_the_environment() {
     let manager = Manager::at_path();
     let case = Case::new();
     let running = start(case.supervised_holder(&["spawn-child"], Some(&manager)));
     let child: i32 = running.first_line.trim().parse().unwrap();
     let environ = std::fs::read(format!("/proc/{child}/environ")).unwrap();
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL);
+    let expected = format!("NOTIFY_SOCKET={}", manager.address);
     assert!(
-        !environ
+        environ
             .split(|&byte| byte == 0)
-            .any(|var| var.starts_with(b"NOTIFY_SOCKET=")),
-        "the child inherited NOTIFY_SOCKET"
+            .any(|var| var == expected.as_bytes()),
+        "the child did not see {expected}"
     );
     drop(running);
 }

@@ -67,11 +67,23 @@ pub fn daemonized() -> Result<()> {
 }
 
 fn take_over(held: &Registration) -> Result<()> {
+    // Descriptors of our own for the guard's directory and file: the copy
+    // of the registration only has their numbers, and the guard may be
+    // dropped on another thread meanwhile. A number closed (or reused)
+    // since fails the identity checks below.
+    let io = |errno| Error::io(&held.path, "take over", errno);
+    let dir = sys::dup_raw(held.dir).map_err(io)?;
+    let file = sys::dup_raw(held.file).map_err(io)?;
+    let (dir, file) = (dir.as_fd(), file.as_fd());
     let previous = Pid::new(held.owner.pid()).map(Pinned::open);
     // Wait only for an owner that still holds the lock: a parent gone
     // already may have had its PID given to an unrelated process.
+    let still_holds = |previous: &Pinned| match sys::lock_key(file, held.identity) {
+        Some(key) => holders::holds(previous.pid(), &key),
+        None => !sys::VERIFIES_HOLDERS,
+    };
     if let Some(Ok(Some(previous))) = previous
-        && (!sys::VERIFIES_HOLDERS || holders::holds(previous.pid(), held.identity))
+        && still_holds(&previous)
         && !previous.wait_for_exit(Instant::now() + PREVIOUS_OWNER_PATIENCE)
     {
         return Err(Error::PreviousOwnerRunning {
@@ -82,14 +94,6 @@ fn take_over(held: &Registration) -> Result<()> {
     let lost = || Error::LockLost {
         path: held.path.clone(),
     };
-    // Descriptors of our own for the guard's directory and file: the copy
-    // of the registration only has their numbers, and the guard may be
-    // dropped on another thread meanwhile. A number closed (or reused)
-    // since fails the identity checks below.
-    let io = |errno| Error::io(&held.path, "take over", errno);
-    let dir = sys::dup_raw(held.dir).map_err(io)?;
-    let file = sys::dup_raw(held.file).map_err(io)?;
-    let (dir, file) = (dir.as_fd(), file.as_fd());
     // Our descriptor still shares the open file description that holds the
     // lock: taking it again succeeds at once. If it fails, the lock went away
     // (the previous owner released it, closing its copy, and someone else got
@@ -100,8 +104,8 @@ fn take_over(held: &Registration) -> Result<()> {
         Err(errno) => return Err(Error::io(&held.path, "lock", errno)),
     }
     let stat = fstat(file).map_err(|errno| Error::io(&held.path, "inspect", errno))?;
-    // The numbers came from the table: if the guard was dropped meanwhile and
-    // the numbers reused, the duplicate is some other file.
+    // The numbers came from the registry: if the guard was dropped meanwhile
+    // and the numbers reused, the duplicate is some other file.
     if Identity::of(&stat) != held.identity {
         return Err(lost());
     }

@@ -173,10 +173,6 @@ impl Entry {
     /// Takes every lock or ends the process with the exit code after printing
     /// why (SPEC §6).
     pub fn acquire_or_exit(self) -> InstanceGuard {
-        // SAFETY: this is the first statement of `main` (the attribute puts
-        // it there, below any runtime attribute), before the program has
-        // started a thread that could read the environment.
-        unsafe { systemd::take_socket_from_env() };
         match self.acquire() {
             Ok(guard) => guard,
             Err(error) => {

@@ -105,6 +105,68 @@ impl fmt::Display for Holder {
     }
 }
 
+/// A process that holds the lock on a PID file without being an instance
+/// of its program: it *pins* the file. An observer probing it for an
+/// instant (`pidlock status`), `flock -s`, or another user's `flock` through
+/// a read-only descriptor. Never reported as a running instance, and never
+/// a reason for the program not to start: a start replaces a file that
+/// only readers hold (on Linux; elsewhere [`Error::Pinned`] names them).
+///
+/// ```
+/// use pidlock_core::{Pid, Reader};
+///
+/// let reader = Reader::new(Pid::new(4242).unwrap());
+/// assert_eq!(reader.to_string(), "PID 4242");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reader {
+    /// The reader, as this process's PID namespace numbers it.
+    pub pid: Pid,
+    /// The user it runs as, when it can be seen.
+    pub uid: Option<u32>,
+    /// Its command line, when it can be seen.
+    pub command: Option<String>,
+    /// Whether its lock is shared; if not, it is an exclusive lock taken
+    /// through a read-only descriptor by a user who does not own the file.
+    pub shared: bool,
+}
+
+impl Reader {
+    /// A reader known only by its PID.
+    #[must_use]
+    pub fn new(pid: Pid) -> Self {
+        Self {
+            pid,
+            uid: None,
+            command: None,
+            shared: true,
+        }
+    }
+}
+
+impl fmt::Display for Reader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PID {}", self.pid)?;
+        match (&self.uid, &self.command) {
+            (Some(uid), Some(command)) => {
+                write!(f, " (user {}: {command})", user_name(*uid))
+            }
+            (Some(uid), None) => write!(f, " (user {})", user_name(*uid)),
+            (None, Some(command)) => write!(f, " ({command})"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// `name (uid N)`, or `uid N` when the user database does not know it.
+pub(crate) fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(user)) => format!("{} (uid {uid})", user.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
 /// What kind of filesystem object a path named, when it was not a regular file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
@@ -187,6 +249,16 @@ pub enum Error {
         reason: String,
         /// The PostgreSQL client's error, when one caused this.
         source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+    /// Nobody runs an instance, but readers hold the lock on the PID file
+    /// (see [`Reader`]) and it could not be replaced: the platform or the
+    /// filesystem cannot swap two names atomically (only Linux can, with
+    /// `renameat2(RENAME_EXCHANGE)`), or the file is not ours to replace.
+    Pinned {
+        /// The PID file.
+        path: PathBuf,
+        /// Who holds it, as far as can be seen.
+        readers: Vec<Reader>,
     },
     /// The PID file exists and belongs to another user: it is not ours to
     /// write (and nobody holds its lock).
@@ -306,6 +378,20 @@ impl fmt::Display for Error {
             }
             Self::Remote { key, reason, .. } => {
                 write!(f, "cannot use the PostgreSQL lock \"{key}\": {reason}")
+            }
+            Self::Pinned { path, readers } => {
+                write!(
+                    f,
+                    "no instance is running, but {} is held by processes that only read it",
+                    path.display()
+                )?;
+                for (index, reader) in readers.iter().enumerate() {
+                    write!(f, "{}{reader}", if index == 0 { ": " } else { ", " })?;
+                }
+                write!(
+                    f,
+                    ", and it cannot be replaced here; stop them, or remove the file"
+                )
             }
             Self::HeldByThisProcess { path } => write!(
                 f,

@@ -68,11 +68,12 @@
 // layer: signal_context             the exit-path table, the handler, atexit
 // layer: process, holders           other processes, and who holds a lock
 // layer: systemd, messages          what is said, and where
+// layer: status                     a lock looked at from outside
 // layer: waiting, policy            waiting for and taking over a lock
 // layer: postgres                   the lock across hosts
 // layer: restart                    keeping the locks across exec
-// layer: signals, guard, lockfile   the PID-file lock and its guard
-// layer: status, ops, daemon        a lock looked at and acted on from outside
+// layer: signals, guard, replace, lockfile   the PID-file lock and its guard
+// layer: stop, daemon               a lock acted on from outside
 // layer: telegram, entry            bots, and the attribute's entry point
 mod daemon;
 mod entry;
@@ -82,16 +83,17 @@ mod holders;
 mod human;
 mod lockfile;
 mod messages;
-mod ops;
 mod pid;
 mod policy;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod process;
+mod replace;
 mod restart;
 mod signal_context;
 mod signals;
 mod status;
+mod stop;
 mod sys;
 mod systemd;
 #[cfg(feature = "telegram")]
@@ -100,11 +102,10 @@ mod waiting;
 
 pub use daemon::daemonized;
 pub use entry::default_path;
-pub use error::{Error, FileKind, Holder, Result};
+pub use error::{Error, FileKind, Holder, Reader, Result};
 pub use guard::{PidFileGuard, held_pid_files};
 pub use lockfile::PidLock;
 pub use messages::{LogLevel, ParseLogLevelError};
-pub use ops::{StopSignal, Stopped, stop, stop_with, wait_until_free};
 pub use pid::Pid;
 pub use pidlock_macros::single_instance;
 pub use policy::OnConflict;
@@ -113,6 +114,7 @@ pub use postgres::{LOST_LOCK_EXIT_CODE, PgGuard, PgLock, fencing_term};
 pub use restart::restart;
 pub use signals::Signals;
 pub use status::{Status, status};
+pub use stop::{Escalation, Stop, StopSignal, Stopped, wait_until_free};
 pub use systemd::notify_socket;
 #[cfg(feature = "telegram")]
 pub use telegram::{InstanceConflictReport, is_instance_conflict};

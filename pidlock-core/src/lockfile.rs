@@ -13,14 +13,15 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 
-use crate::error::{Error, Result};
-use crate::guard::PidFileGuard;
-use crate::holders;
+use crate::error::{Error, Reader, Result};
+use crate::guard::{PidFileGuard, Resolved};
+use crate::holders::Holders;
 use crate::messages::{self, Level, LogLevel};
 use crate::pid::{Contents, Pid};
 use crate::policy::{Next, OnConflict, Resolve, Resolver};
+use crate::replace::{self, Pinned, Replaced};
 use crate::restart;
-use crate::signal_context;
+use crate::signal_context::{self, Sharers};
 use crate::signals::{self, Signals};
 use crate::sys::{self, Identity, Locked, Opened, flock, retry_eintr};
 use crate::systemd;
@@ -36,13 +37,6 @@ const OPEN_ATTEMPTS: usize = 16;
 /// 100 ms), and a holder out of sight stays out of sight.
 const UNVERIFIED_PATIENCE: Duration = Duration::from_millis(100);
 const UNVERIFIED_PAUSE: Duration = Duration::from_millis(1);
-/// How often the lock is tried between two looks for its holder (a look
-/// reads the lock lines of every descriptor on the machine).
-const RETRIES_PER_LOOK: u32 = 5;
-/// When the only visible locks are observers' shared probes, keep trying
-/// this long, this often: observers delay a start, never refuse it.
-const OBSERVED_PATIENCE: Duration = Duration::from_secs(2);
-const OBSERVED_PAUSE: Duration = Duration::from_micros(200);
 
 /// The one-host lock: a PID file held with `flock(2)`.
 ///
@@ -199,19 +193,16 @@ impl PidLock {
             });
         }
         let log_level = self.log_level.effective();
-        let path = std::path::absolute(&self.path).map_err(|source| Error::Io {
-            path: self.path.clone(),
-            action: "resolve the absolute path of",
-            source,
-        })?;
+        let resolved = self.resolve()?;
+        let path = resolved.path.clone();
         let (parent, name) = sys::split(&path)?;
         let dir = sys::open_dir(parent, &path)?;
         if self.signals == Signals::Auto {
             signals::install();
         }
         let announce = log_level.shows(Level::Info);
-        if let Some(adopted) = restart::adopt(dir.as_fd(), &name) {
-            let guard = PidFileGuard::new(path, dir, name, adopted, announce);
+        if let Some((adopted, sharers)) = restart::adopt(dir.as_fd(), &name) {
+            let guard = PidFileGuard::new(resolved, dir, name, adopted, sharers, announce);
             if announce {
                 messages::kept_across_restart(guard.pid(), guard.path());
             }
@@ -219,7 +210,7 @@ impl PidLock {
             return Ok(guard);
         }
         let mut resolver = Resolver::new(self.on_conflict, &path, log_level);
-        let locked = lock_file(&dir, &name, &path, self.resolve, &mut resolver)?;
+        let (locked, replaced) = lock_file(&dir, &name, &path, self.resolve, &mut resolver)?;
         let previous = if locked.created {
             None
         } else {
@@ -229,13 +220,18 @@ impl PidLock {
                 &path,
             )?)
         };
-        let mut guard = PidFileGuard::new(path, dir, name, locked, announce);
+        let mut guard = PidFileGuard::new(resolved, dir, name, locked, Sharers::none(), announce);
         guard.write_pid()?;
         if log_level.shows(Level::Warning) {
             match previous {
-                Some(Contents::Pid(old)) => messages::stale(guard.path(), old, old.is_alive()),
+                Some(Contents::Pid(old)) => {
+                    messages::stale(guard.path(), old, old.is_alive() && !sys::is_zombie(old))
+                }
                 Some(Contents::Corrupted(quote)) => messages::corrupted(guard.path(), &quote),
                 None => {}
+            }
+            if let Some(readers) = replaced {
+                messages::replaced(guard.path(), &readers);
             }
         }
         if announce {
@@ -243,6 +239,23 @@ impl PidLock {
         }
         self.notify_held(&guard);
         Ok(guard)
+    }
+
+    /// The absolute path, resolved once against the working directory (which
+    /// is kept for reports when the path was relative).
+    fn resolve(&self) -> Result<Resolved> {
+        let io = |source| Error::Io {
+            path: self.path.clone(),
+            action: "resolve the absolute path of",
+            source,
+        };
+        let path = std::path::absolute(&self.path).map_err(io)?;
+        let resolved_in = if self.path.is_relative() {
+            Some(std::env::current_dir().map_err(io)?)
+        } else {
+            None
+        };
+        Ok(Resolved { path, resolved_in })
     }
 
     /// Tells the service manager, if any, who holds the lock now.
@@ -261,21 +274,23 @@ impl PidLock {
     }
 }
 
-/// Steps 1–3 of SPEC §4: open (creating if needed), refuse anything but a
-/// regular file, `flock` without blocking, then check the path still names
-/// what we locked.
+/// Steps 1–3 of the protocol (module docs): open (creating if needed),
+/// refuse anything but a regular file, `flock` without blocking, then check
+/// the path still names what we locked. Also returns the readers of a file
+/// that was replaced because they alone held it.
 fn lock_file(
     dir: &OwnedFd,
     name: &CStr,
     path: &Path,
     resolve: Option<Resolve>,
     resolver: &mut Resolver<'_>,
-) -> Result<Locked> {
+) -> Result<(Locked, Option<Vec<Reader>>)> {
     let mut replaced = 0;
+    let mut replaced_readers = None;
     while replaced < OPEN_ATTEMPTS {
         let Opened {
             file,
-            created,
+            mut created,
             read_only,
         } = match sys::open_file(dir.as_fd(), name, path) {
             Ok(opened) => opened,
@@ -286,7 +301,7 @@ fn lock_file(
             }
             Err(Some(error)) => return Err(error),
         };
-        let stat = fstat(&file).map_err(|errno| Error::io(path, "inspect", errno))?;
+        let mut stat = fstat(&file).map_err(|errno| Error::io(path, "inspect", errno))?;
         if let Some(kind) = sys::unsafe_kind(&stat) {
             return Err(Error::UnsafePath {
                 path: path.to_owned(),
@@ -298,6 +313,21 @@ fn lock_file(
                 Ok(()) => file,
                 Err(Errno::EWOULDBLOCK) => match busy(file, &stat, path) {
                     Busy::Locked(file) => file,
+                    Busy::Pinned(pinned) => {
+                        let readers = pinned.readers.clone();
+                        match replace::replace(dir, name, path, pinned)? {
+                            Replaced::Locked(new) => {
+                                stat = replace::stat_of(&new, path)?;
+                                created = true;
+                                replaced_readers = Some(readers);
+                                new
+                            }
+                            Replaced::Retry => {
+                                replaced += 1;
+                                continue;
+                            }
+                        }
+                    }
                     Busy::Held(file, conflict) => {
                         let Some(resolve) = resolve else {
                             return Err(conflict);
@@ -337,11 +367,12 @@ fn lock_file(
             nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(0o644))
                 .map_err(|errno| Error::io(path, "set the mode of", errno))?;
         }
-        return Ok(Locked {
+        let locked = Locked {
             file,
             stat: now,
             created,
-        });
+        };
+        return Ok((locked, replaced_readers));
     }
     Err(Error::Unstable {
         path: path.to_owned(),
@@ -360,7 +391,7 @@ fn check_not_foreign(file: &OwnedFd, now: &FileStat, path: &Path, read_only: boo
     if now.st_uid != me {
         return Err(Error::ForeignOwner {
             path: path.to_owned(),
-            owner: messages::user_name(now.st_uid),
+            owner: crate::error::user_name(now.st_uid),
         });
     }
     if now.st_nlink > 1 {
@@ -382,18 +413,24 @@ fn check_not_foreign(file: &OwnedFd, now: &FileStat, path: &Path, read_only: boo
 
 /// What a busy lock turned out to be.
 enum Busy {
-    /// It was only busy for an instant (an observer's probe, or a holder on
-    /// its way out): we hold it now.
+    /// It was only busy for an instant (a holder on its way out): we hold
+    /// it now.
     Locked(OwnedFd),
+    /// Readers alone hold it: replace it (see [`crate::replace`]).
+    Pinned(Pinned),
     /// Another holder (what [`OnConflict::Exit`] reports), or an error.
     Held(OwnedFd, Error),
 }
 
-/// The lock is busy: find out who holds it. A verified holder is reported at
-/// once. When none can be verified, the lock may be an observer's shared
-/// probe (`status`, `stop`, `wait` hold one for an instant) or a holder out of
-/// our sight (another user, another PID namespace): keep trying the lock for
-/// a moment, then report what the file claims, marked unverified.
+/// The lock is busy: find out who holds it.
+///
+/// A shared lock that can be had proves that no process holds the exclusive
+/// one: only readers do, and the file is replaced. Otherwise the likely
+/// holders are examined, then (once) every process: a verified instance is
+/// reported at once, and readers that hold it exclusively get the file
+/// replaced. A holder nobody can see (another user's when we are not root,
+/// another PID namespace's) is tried again for a moment, then reported with
+/// what the file claims, marked unverified.
 fn busy(file: OwnedFd, stat: &FileStat, path: &Path) -> Busy {
     let identity = Identity::of(stat);
     // Only this process's own records say "this process": a PID number in
@@ -404,40 +441,68 @@ fn busy(file: OwnedFd, stat: &FileStat, path: &Path) -> Busy {
         };
         return Busy::Held(file, error);
     }
+    let key = sys::lock_key(file.as_fd(), identity);
+    let owner = stat.st_uid;
     let started = sys::Stopwatch::start();
-    let mut patience = UNVERIFIED_PATIENCE;
+    let mut looked_everywhere = false;
     loop {
-        let holders = holders::find(identity);
-        if !holders.exclusive.is_empty() {
-            let holder = holders.describe(file_pid(file.as_fd(), path));
+        match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_SH | nix::libc::LOCK_NB)) {
+            Ok(()) => {
+                // Named for the warning; this process's own shared lock is
+                // not one of them.
+                let me = Pid::current();
+                let readers = key
+                    .as_ref()
+                    .map(|key| Holders::every(key, owner).readers)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|reader| reader.pid != me)
+                    .collect();
+                return Busy::Pinned(Pinned {
+                    file,
+                    stat: *stat,
+                    key,
+                    frozen: true,
+                    readers,
+                });
+            }
+            Err(Errno::EWOULDBLOCK) => {}
+            Err(errno) => return Busy::Held(file, Error::io(path, "lock", errno)),
+        }
+        let file_pid = file_pid(file.as_fd(), path);
+        if let Some(key) = &key {
+            let mut holders = Holders::likely(key, file_pid, owner);
+            if holders.exclusive.is_empty() && !looked_everywhere {
+                looked_everywhere = true;
+                holders = Holders::every(key, owner);
+            }
+            if !holders.exclusive.is_empty() {
+                let holder = holders.describe(file_pid);
+                let path = path.to_owned();
+                return Busy::Held(file, Error::AlreadyRunning { path, holder });
+            }
+            if holders.complete && holders.readers.iter().any(|reader| !reader.shared) {
+                return Busy::Pinned(Pinned {
+                    file,
+                    stat: *stat,
+                    key: Some(key.clone()),
+                    frozen: false,
+                    readers: holders.readers,
+                });
+            }
+        }
+        match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)) {
+            Ok(()) => return Busy::Locked(file),
+            Err(Errno::EWOULDBLOCK) => {}
+            Err(errno) => return Busy::Held(file, Error::io(path, "lock", errno)),
+        }
+        if started.exceeded(UNVERIFIED_PATIENCE) {
+            let holder = Holders::default().describe(file_pid);
             let path = path.to_owned();
             return Busy::Held(file, Error::AlreadyRunning { path, holder });
         }
-        // A visible shared lock is an observer's probe (`status`, `stop`,
-        // `wait`): it lasts microseconds, but observers running in a loop
-        // on a loaded machine can be preempted while they hold it. They may
-        // delay a start, never refuse it.
-        let pause = if holders.shared {
-            patience = OBSERVED_PATIENCE;
-            OBSERVED_PAUSE
-        } else {
-            UNVERIFIED_PAUSE
-        };
-        for _ in 0..RETRIES_PER_LOOK {
-            std::thread::sleep(pause);
-            match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)) {
-                Ok(()) => return Busy::Locked(file),
-                Err(Errno::EWOULDBLOCK) => {}
-                Err(errno) => return Busy::Held(file, Error::io(path, "lock", errno)),
-            }
-        }
-        if started.exceeded(patience) {
-            break;
-        }
+        std::thread::sleep(UNVERIFIED_PAUSE);
     }
-    let holder = holders::Holders::default().describe(file_pid(file.as_fd(), path));
-    let path = path.to_owned();
-    Busy::Held(file, Error::AlreadyRunning { path, holder })
 }
 
 /// The PID the file names, if it names one.

@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::error::{Error, Holder};
+use crate::error::{Error, Holder, Reader};
 use crate::human;
 use crate::pid::{Pid, Quote};
+use crate::signal_context::ExitLines;
 
 /// Continuation lines line up under the text after "ERROR - ".
 const INDENT: &str = "\n        ";
@@ -242,16 +243,57 @@ pub(crate) fn released(path: &Path) {
     );
 }
 
-/// The two release lines for `path`, prepared when the lock is taken, for
-/// the exit paths that cannot format or allocate (signal handlers,
-/// `atexit`): they go to stderr as they are.
-pub(crate) fn release_lines(path: &Path) -> Box<[u8]> {
-    let mut lines = stderr_lines(Level::Info, "Releasing PID lock...");
-    lines.push_str(&stderr_lines(
+/// The lines the exit paths write for `path`, prepared when the lock is
+/// taken: signal handlers and `atexit` cannot format or allocate, so they
+/// write these to stderr as they are.
+pub(crate) fn exit_lines(path: &Path) -> ExitLines {
+    let releasing = stderr_lines(Level::Info, "Releasing PID lock...");
+    let mut released = releasing.clone();
+    released.push_str(&stderr_lines(
         Level::Info,
         &format!("PID file lock released: {}", path.display()),
     ));
-    lines.into_bytes().into_boxed_slice()
+    let mut kept = releasing;
+    kept.push_str(&stderr_lines(Level::Info, &kept_text(path, None)));
+    ExitLines {
+        released: released.into_bytes().into_boxed_slice(),
+        kept: kept.into_bytes().into_boxed_slice(),
+    }
+}
+
+/// The owner let go while other processes still share the lock.
+pub(crate) fn kept_for_sharers(path: &Path, sharer: Option<Pid>) {
+    emit(Level::Info, &kept_text(path, sharer));
+}
+
+fn kept_text(path: &Path, sharer: Option<Pid>) -> String {
+    match sharer {
+        Some(pid) => format!(
+            "PID file kept: PID {pid} (forked from this process) still holds the lock on {}",
+            path.display()
+        ),
+        None => format!(
+            "PID file kept: a process forked from this one still holds the lock on {}",
+            path.display()
+        ),
+    }
+}
+
+/// A start replaced a file that readers alone held.
+pub(crate) fn replaced(path: &Path, readers: &[Reader]) {
+    let mut text = format!(
+        "Found PID file {} held by readers, not by a running instance",
+        path.display()
+    );
+    for (index, reader) in readers.iter().enumerate() {
+        text.push_str(if index == 0 { " (" } else { ", " });
+        text.push_str(&reader.to_string());
+    }
+    if !readers.is_empty() {
+        text.push(')');
+    }
+    text.push_str(". Replaced it with a new file.");
+    emit(Level::Warning, &text);
 }
 
 pub(crate) fn stale(path: &Path, pid: Pid, alive: bool) {
@@ -414,15 +456,7 @@ fn foreign_owner(path: &Path) -> Option<String> {
     if owner == nix::unistd::geteuid().as_raw() {
         return None;
     }
-    Some(user_name(owner))
-}
-
-/// `name (uid N)`, or `uid N` when the user database does not know it.
-pub(crate) fn user_name(uid: u32) -> String {
-    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-        Ok(Some(user)) => format!("{} (uid {uid})", user.name),
-        _ => format!("uid {uid}"),
-    }
+    Some(crate::error::user_name(owner))
 }
 
 #[cfg(test)]

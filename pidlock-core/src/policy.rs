@@ -1,17 +1,17 @@
 //! What to do when another instance holds the lock (the attribute's
 //! `on_conflict`): give up, wait for it, or take over from it.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use crate::error::{Error, Holder, Result};
-use crate::holders::signal_verified;
+use crate::holders::{self, Holders};
 use crate::messages::{self, Level, LogLevel};
-use crate::pid::Pid;
-use crate::sys::{Identity, Stopwatch};
+use crate::process::Pinned;
+use crate::sys::{self, Identity, LockKey, Stopwatch};
 use crate::systemd;
 use crate::waiting::{self, Waited};
 
@@ -83,13 +83,14 @@ pub(crate) struct Resolver<'a> {
     /// every deadline and every "waited" is measured from one value.
     started: Option<Instant>,
     announced: bool,
-    /// The holders we signalled (the whole instance: every process sharing
-    /// its lock), with what and when.
+    /// The instance we signalled (every process sharing its lock, pinned),
+    /// with what and when.
     signalled: Option<Signalled>,
 }
 
 struct Signalled {
-    instance: Vec<Pid>,
+    instance: Vec<Pinned>,
+    key: LockKey,
     signal: Signal,
     at: Instant,
 }
@@ -215,69 +216,97 @@ impl<'a> Resolver<'a> {
                 waited: self.started().elapsed(),
             });
         }
-        let instance = holder.verified_pids();
-        let Some(&main) = instance.first() else {
-            return Err(Error::HolderUnverified {
+        let signal_error = |errno| Error::io(self.path, "signal the holder of", errno);
+        let Some(signalled) = &mut self.signalled else {
+            return self.signal_instance(file, identity, holder, timeout);
+        };
+        // Only the processes pinned when we first signalled, and only while
+        // they still hold the lock: a standby that took the lock after them
+        // is another instance, never ours to signal.
+        let key = &signalled.key;
+        let holding: Vec<&Pinned> = signalled
+            .instance
+            .iter()
+            .filter(|pin| !pin.has_exited() && holders::holds(pin.pid(), key))
+            .collect();
+        if holding.is_empty() {
+            return Err(Error::AlreadyRunning {
                 path: self.path.to_owned(),
                 holder,
             });
-        };
-        let signal = match &self.signalled {
-            None => Signal::SIGTERM,
-            Some(signalled) if !signalled.instance.iter().any(|pid| instance.contains(pid)) => {
-                // Another instance took the lock after the one we signalled
-                // let go: that one is not ours to kill.
-                return Err(Error::AlreadyRunning {
-                    path: self.path.to_owned(),
-                    holder,
-                });
-            }
-            Some(signalled) if signalled.signal == Signal::SIGTERM => {
-                let grace_ends = signalled.at + timeout;
-                if now < grace_ends {
-                    return self.wait_then_retry(file, grace_ends, holder);
-                }
-                Signal::SIGKILL
-            }
-            Some(signalled) => {
-                let at = signalled.at;
-                return self.wait(file, Some(at + AFTER_SIGKILL), holder);
-            }
-        };
+        }
+        if signalled.signal == Signal::SIGKILL {
+            let until = signalled.at + AFTER_SIGKILL;
+            return self.wait(file, Some(until), holder);
+        }
+        let grace_ends = signalled.at + timeout;
+        if now < grace_ends {
+            return self.wait_then_retry(file, grace_ends, holder);
+        }
         if self.log_level.shows(Level::Warning) {
-            messages::taking_over(main, signal, timeout);
+            messages::taking_over(holding[0].pid(), Signal::SIGKILL, timeout);
         }
-        // SIGTERM asks the instance to shut down (its main process stops its
-        // workers); SIGKILL ends every process that keeps the lock.
-        let targets = if signal == Signal::SIGTERM {
-            &instance[..1]
-        } else {
-            &instance[..]
+        // SIGKILL ends every process of the instance that keeps the lock.
+        for pin in &holding {
+            pin.signal(Signal::SIGKILL).map_err(signal_error)?;
+        }
+        signalled.signal = Signal::SIGKILL;
+        signalled.at = now;
+        self.wait(file, Some(now + AFTER_SIGKILL), holder)
+    }
+
+    /// The first round of a takeover: pins every process of the instance,
+    /// checked after pinning, and asks its holder to shut down with SIGTERM
+    /// (its main process stops its workers).
+    fn signal_instance(
+        &mut self,
+        file: OwnedFd,
+        identity: Identity,
+        holder: Holder,
+        timeout: Duration,
+    ) -> Result<Next> {
+        let unverified = || Error::HolderUnverified {
+            path: self.path.to_owned(),
+            holder: holder.clone(),
         };
-        let mut sent = false;
-        for &pid in targets {
-            sent |= signal_verified(pid, identity, signal)
-                .map_err(|errno| Error::io(self.path, "signal the holder of", errno))?;
-        }
-        let mut known = self
-            .signalled
-            .take()
-            .map(|signalled| signalled.instance)
-            .unwrap_or_default();
-        known.extend(instance.iter().copied());
-        self.signalled = Some(Signalled {
-            instance: known,
-            signal,
-            at: now,
-        });
+        let Some(main) = holder.pid().filter(|_| holder.is_verified()) else {
+            return Err(unverified());
+        };
+        let stat =
+            nix::sys::stat::fstat(&file).map_err(|errno| Error::io(self.path, "inspect", errno))?;
+        let key = sys::lock_key(file.as_fd(), identity).ok_or_else(unverified)?;
+        // Every process sharing the lock, for the SIGKILL that may follow.
+        let mut instance = vec![main];
+        instance.extend(
+            Holders::every(&key, stat.st_uid)
+                .exclusive
+                .into_iter()
+                .filter(|&pid| pid != main),
+        );
+        let pins = holders::pin_verified(&instance, &key)
+            .map_err(|errno| Error::io(self.path, "signal the holder of", errno))?;
+        let sent = match pins.first() {
+            Some(first) if first.pid() == main => {
+                if self.log_level.shows(Level::Warning) {
+                    messages::taking_over(main, Signal::SIGTERM, timeout);
+                }
+                first
+                    .signal(Signal::SIGTERM)
+                    .map_err(|errno| Error::io(self.path, "signal the holder of", errno))?
+            }
+            _ => false,
+        };
         if !sent {
-            // They let go (or died) between our check and our signal.
+            // It let go (or died) between our look and our pin: look again.
             return self.wait_then_retry(file, Instant::now() + RECHECK_AFTER, holder);
         }
-        if signal == Signal::SIGTERM {
-            self.wait_then_retry(file, now + timeout, holder)
-        } else {
-            self.wait(file, Some(now + AFTER_SIGKILL), holder)
-        }
+        let now = Instant::now();
+        self.signalled = Some(Signalled {
+            instance: pins,
+            key,
+            signal: Signal::SIGTERM,
+            at: now,
+        });
+        self.wait_then_retry(file, now + timeout, holder)
     }
 }

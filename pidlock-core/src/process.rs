@@ -10,7 +10,7 @@
 //! without pidfds, and other systems, fall back to `kill` on the number,
 //! where a small window remains between check and signal.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -48,6 +48,22 @@ impl Pinned {
 
     pub(crate) fn pid(&self) -> Pid {
         self.pid
+    }
+
+    /// The pidfd, which polls readable once the process has exited.
+    pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Whether the process has exited (a zombie counts), now.
+    pub(crate) fn has_exited(&self) -> bool {
+        if let Some(pidfd) = &self.pidfd {
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            if let Ok(ready) = poll(&mut fds, PollTimeout::ZERO) {
+                return ready > 0;
+            }
+        }
+        !self.pid.is_alive() || sys::is_zombie(self.pid)
     }
 
     /// Sends `signal`; false if the process has exited meanwhile.

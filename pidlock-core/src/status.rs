@@ -7,10 +7,10 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode, fstat, lstat};
 
-use crate::error::{Error, Holder, Result};
-use crate::holders::{self, Holders};
+use crate::error::{Error, Holder, Reader, Result};
+use crate::holders::Holders;
 use crate::pid::{Contents, Pid};
-use crate::sys::{self, Identity, retry_eintr};
+use crate::sys::{self, Identity, LockKey, retry_eintr};
 
 /// What a PID file path says about its program (the LSB init-script states).
 ///
@@ -28,17 +28,26 @@ use crate::sys::{self, Identity, retry_eintr};
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Status {
-    /// The lock is held.
+    /// An instance holds the lock.
     Running(Holder),
-    /// The file exists but nobody holds the lock: its program died without
-    /// cleaning up. `pid` is what the file says, if it says a PID.
+    /// The file exists but no instance holds the lock: its program died
+    /// without cleaning up. `pid` is what the file says, if it says a PID;
+    /// `readers` are processes that hold the file open with a lock of
+    /// their own without being an instance (the next start replaces the
+    /// file; see [`Reader`]).
     Stale {
         /// The PID in the file.
         pid: Option<Pid>,
+        /// Who pins the file, as far as can be seen.
+        readers: Vec<Reader>,
     },
     /// There is no file.
     NotRunning,
 }
+
+/// How often `status` looks again when the file was replaced while it
+/// looked (a start replacing a file that readers held).
+const LOOKS: usize = 3;
 
 /// Reports whether the lock at `path` is held and by whom.
 ///
@@ -58,45 +67,99 @@ pub enum Status {
 /// cannot be opened or read.
 pub fn status(path: impl AsRef<Path>) -> Result<Status> {
     let path = path.as_ref();
-    let Some((file, stat)) = open_existing(path)? else {
-        return Ok(Status::NotRunning);
-    };
-    let file_pid = match sys::read_contents(file.as_fd(), &stat, path)? {
-        Contents::Pid(pid) => Some(pid),
-        Contents::Corrupted(_) => None,
-    };
-    let identity = Identity::of(&stat);
-    Ok(match probe(&file, identity, path)? {
-        Some(holders) => Status::Running(holders.describe(file_pid)),
-        // Free now, but the holder may have released cleanly since we opened
-        // it: its file is then gone (or replaced), which is "not running",
-        // not "dead but the PID file exists".
-        None if !still_named(path, identity) => Status::NotRunning,
-        None => Status::Stale { pid: file_pid },
-    })
+    for _ in 0..LOOKS {
+        let Some((file, stat)) = open_existing(path)? else {
+            return Ok(Status::NotRunning);
+        };
+        let file_pid = file_pid(&file, &stat, path);
+        match look(&file, &stat, path)? {
+            Look::Held(holders) => return Ok(Status::Running(holders.describe(file_pid))),
+            Look::Unverified => return Ok(Status::Running(Holders::default().describe(file_pid))),
+            // Free now, but the holder may have released cleanly since we
+            // opened it, or a start replaced the file: look at what the path
+            // names now.
+            Look::Free { .. } if !still_named(path, Identity::of(&stat)) => {}
+            Look::Free { readers } => {
+                return Ok(Status::Stale {
+                    pid: file_pid,
+                    readers,
+                });
+            }
+        }
+    }
+    Ok(Status::NotRunning)
 }
 
 /// Whether `path` still names the inode with `identity`.
-fn still_named(path: &Path, identity: Identity) -> bool {
+pub(crate) fn still_named(path: &Path, identity: Identity) -> bool {
     lstat(path).is_ok_and(|now| Identity::of(&now) == identity && now.st_nlink > 0)
 }
 
-/// Who holds the lock on `file`: `None` if nobody does; the verified
-/// holders, possibly none (held out of sight), if somebody does.
-pub(crate) fn probe(file: &OwnedFd, identity: Identity, path: &Path) -> Result<Option<Holders>> {
-    let holders = holders::find(identity);
-    if !holders.exclusive.is_empty() {
-        return Ok(Some(holders));
+/// What a look at a PID file's lock found.
+pub(crate) enum Look {
+    /// No instance holds it; readers may.
+    Free { readers: Vec<Reader> },
+    /// An instance holds it: these are the verified processes.
+    Held(Holders),
+    /// Something holds it exclusively that cannot be seen from here.
+    Unverified,
+}
+
+/// Who holds the lock on `file`. Never leaves a lock behind: a shared
+/// probe is let go of at once.
+pub(crate) fn look(file: &OwnedFd, stat: &FileStat, path: &Path) -> Result<Look> {
+    let key = sys::lock_key(file.as_fd(), Identity::of(stat));
+    let file_pid = file_pid(file, stat, path);
+    if let Some(key) = &key {
+        let holders = Holders::likely(key, file_pid, stat.st_uid);
+        if !holders.exclusive.is_empty() {
+            return Ok(Look::Held(holders));
+        }
     }
     match sys::flock(file.as_fd(), nix::libc::LOCK_SH | nix::libc::LOCK_NB) {
-        // Held: by a holder that got there after our look, or out of sight.
-        Err(Errno::EWOULDBLOCK) => Ok(Some(holders::find(identity))),
-        Err(errno) => Err(Error::io(path, "probe the lock on", errno)),
-        // Free. Let go of the probe at once rather than when `file` closes.
+        // Nobody holds it exclusively: let go of the probe at once rather
+        // than when `file` closes, then name any readers.
         Ok(()) => {
             let _ = sys::flock(file.as_fd(), nix::libc::LOCK_UN);
-            Ok(None)
+            Ok(Look::Free {
+                readers: readers(key.as_ref(), stat),
+            })
         }
+        Err(Errno::EWOULDBLOCK) => {
+            let Some(key) = &key else {
+                return Ok(Look::Unverified);
+            };
+            let holders = Holders::find(key, file_pid, stat.st_uid);
+            if !holders.exclusive.is_empty() {
+                Ok(Look::Held(holders))
+            } else if holders.readers.iter().any(|reader| !reader.shared) {
+                // Held exclusively by another user through a read-only
+                // descriptor: a reader, not an instance.
+                Ok(Look::Free {
+                    readers: holders.readers,
+                })
+            } else {
+                Ok(Look::Unverified)
+            }
+        }
+        Err(errno) => Err(Error::io(path, "probe the lock on", errno)),
+    }
+}
+
+/// The readers of a file no instance holds; looked for only when the
+/// kernel lists some lock on it.
+fn readers(key: Option<&LockKey>, stat: &FileStat) -> Vec<Reader> {
+    match key {
+        Some(key) if !sys::lock_takers(key).is_empty() => Holders::every(key, stat.st_uid).readers,
+        _ => Vec::new(),
+    }
+}
+
+/// The PID the file names, if any.
+pub(crate) fn file_pid(file: &OwnedFd, stat: &FileStat, path: &Path) -> Option<Pid> {
+    match sys::read_contents(file.as_fd(), stat, path) {
+        Ok(Contents::Pid(pid)) => Some(pid),
+        _ => None,
     }
 }
 

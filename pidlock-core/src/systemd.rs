@@ -8,12 +8,13 @@
 //! `STOPPING=1` when the program ends, and `READY=1` when the lock is held if
 //! the program opted in. Nothing is sent when `NOTIFY_SOCKET` is unset.
 //!
-//! The datagram is sent here rather than through the `sd-notify` crate:
-//! that crate reads `NOTIFY_SOCKET` from the environment on every call and
-//! does not connect to the abstract-namespace form (`@name`), while pidlock
-//! takes the address once and clears the variable (so children do not
-//! inherit it; [`notify_socket`] gives it back to a program that wants to
-//! pass it on) and must reach both forms. It is a dozen lines of `std`.
+//! The datagram is sent here rather than through the `sd-notify` crate,
+//! which does not connect to the abstract-namespace form (`@name`); it is a
+//! dozen lines of `std`. pidlock reads the address once and leaves
+//! `NOTIFY_SOCKET` in the environment: the program may notify systemd
+//! itself (its own `READY=1`, `WATCHDOG=1`), and the `sd-notify` crate and
+//! libsystemd read the variable on every call. Children inherit it too;
+//! systemd's default `NotifyAccess=main` ignores what they send.
 //!
 //! The exit paths that run in a signal handler send `STOPPING=1` too, on the
 //! socket connected by an earlier notification (see [`crate::signal_context`]).
@@ -48,36 +49,19 @@ fn socket() -> Option<&'static OsStr> {
         .as_deref()
 }
 
-/// The `NOTIFY_SOCKET` this process was started with, if any. pidlock
-/// clears the variable when the attribute takes the lock, so that children
-/// do not inherit it; a program that wants a child to notify systemd
-/// (with `NotifyAccess=all`) passes this value on explicitly.
+/// The `NOTIFY_SOCKET` this process was started with, if any: where
+/// pidlock sends its notifications. pidlock leaves the variable in the
+/// environment, so the program and its libraries can notify systemd
+/// themselves as well.
 ///
 /// ```
 /// if let Some(socket) = pidlock_core::notify_socket() {
-///     let mut child = std::process::Command::new("true");
-///     child.env("NOTIFY_SOCKET", socket);
+///     println!("notifications go to {}", socket.to_string_lossy());
 /// }
 /// ```
 #[must_use]
 pub fn notify_socket() -> Option<&'static OsStr> {
     socket()
-}
-
-/// Reads `NOTIFY_SOCKET`, then removes it from the environment.
-///
-/// # Safety
-///
-/// Modifying the environment is only sound while no other thread reads or
-/// writes it: call this before the program starts threads (the attribute
-/// calls it as the first statement of `main`, before a tokio runtime is
-/// built).
-pub(crate) unsafe fn take_socket_from_env() {
-    if socket().is_some() {
-        // SAFETY: the caller guarantees no other thread touches the
-        // environment now.
-        unsafe { std::env::remove_var(NOTIFY_SOCKET) };
-    }
 }
 
 /// Whether a service manager listens (`NOTIFY_SOCKET` was set at start).

@@ -73,9 +73,9 @@ impl InstanceConflictReport {
         }
         let seen = self.seen.fetch_add(1, Ordering::Relaxed) + 1;
         if seen == 1 {
-            let held: Vec<String> = signal_context::held_paths()
+            let held: Vec<String> = signal_context::owned()
                 .iter()
-                .map(|path| path.display().to_string())
+                .map(|held| held.path.display().to_string())
                 .collect();
             messages::emit(Level::Error, &report(Pid::current(), &held));
         } else {

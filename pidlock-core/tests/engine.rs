@@ -340,7 +340,8 @@ fn status_reports_not_running_running_and_stale() {
     assert_eq!(
         pidlock_core::status(&path).unwrap(),
         Status::Stale {
-            pid: Pid::new(dead as i32)
+            pid: Pid::new(dead as i32),
+            readers: Vec::new(),
         }
     );
 }

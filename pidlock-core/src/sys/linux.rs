@@ -11,7 +11,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 
-use super::{Identity, LockKind, decimal};
+use super::{HeldLock, Identity, LockKind, decimal};
 use crate::pid::Pid;
 
 /// The directory is only ever used as the base of `openat`, `fstatat` and
@@ -44,6 +44,24 @@ pub(crate) fn pidfd_open(pid: Pid) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// A pipe for a lock's sharers (see [`crate::signal_context`]): both ends
+/// close-on-exec, the read end non-blocking. One system call, so no fork on
+/// another thread can catch the descriptors without close-on-exec.
+pub(crate) fn sharers_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+}
+
+/// Swaps the names `a` and `b` in `dir` atomically
+/// (`renameat2(RENAME_EXCHANGE)`, Linux 3.15+; `EINVAL` on filesystems that
+/// cannot).
+pub(crate) fn exchange(
+    dir: BorrowedFd<'_>,
+    a: &std::ffi::CStr,
+    b: &std::ffi::CStr,
+) -> nix::Result<()> {
+    nix::fcntl::renameat2(dir, a, dir, b, nix::fcntl::RenameFlags::RENAME_EXCHANGE)
+}
+
 /// Sends `signal` to the process `pidfd` refers to; `ESRCH` once it exited.
 pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> nix::Result<()> {
     // SAFETY: a valid pidfd, a valid signal number, no siginfo, no flags.
@@ -59,46 +77,211 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: Signal) -> nix::R
     Errno::result(sent).map(drop)
 }
 
-/// Every visible process holding a `flock` on `identity`, through which
-/// kind of lock. Empty when nothing can be verified.
-///
-/// `/proc/locks` lists every flock the processes of our PID namespace can
-/// see, under the PID that *took* it. No entry for our file: nobody we could
-/// verify holds it, and the scan (a read per descriptor on the machine) is
-/// skipped. An entry says nothing about who holds it *now*; the fdinfo lines
-/// of each process's descriptors do.
-pub(crate) fn scan_locks(identity: Identity) -> Vec<(Pid, LockKind)> {
-    let mut found = Vec::new();
-    if !proc_is_ours() {
-        return found;
+/// How the kernel names a file in its lock listings (`/proc/locks` and the
+/// `lock:` lines of fdinfo): `major:minor:inode` in hex and decimal, where
+/// `major:minor` is the device of the file's *superblock*. That is not
+/// always the `st_dev` that `stat` reports: a btrfs subvolume and an
+/// overlayfs file report devices of their own, while their locks are listed
+/// under the filesystem's. So the key is learned from the kernel itself:
+/// the mount the descriptor is on (`mnt_id:` of its fdinfo) and that mount's
+/// device in `/proc/self/mountinfo`, which is the superblock's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LockKey(String);
+
+impl LockKey {
+    fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
     }
-    let key = proc_locks_key(identity);
+}
+
+/// The key of the file open on `file`, whose `stat` gave `identity`; from
+/// `stat` alone when `/proc` cannot say (which is right on most
+/// filesystems). `None` when `/proc` is not ours to read (see
+/// [`proc_is_ours`]): nothing about other processes can be trusted then.
+pub(crate) fn lock_key(file: BorrowedFd<'_>, identity: Identity) -> Option<LockKey> {
+    if !proc_is_ours() {
+        return None;
+    }
+    let (dev, mut ino) = identity.raw();
+    let mut dev = split_dev(dev);
     let mut text = Vec::new();
-    if !listed_in_proc_locks(&key, &mut text) {
+    if read_proc(
+        &format!("/proc/self/fdinfo/{}", file.as_raw_fd()),
+        &mut text,
+    )
+    .is_some()
+    {
+        let field = |name: &[u8]| {
+            lines(&text).find_map(|line| {
+                let value = line.strip_prefix(name)?;
+                decimal::<u64>(value.trim_ascii())
+            })
+        };
+        if let Some(inode) = field(b"ino:") {
+            ino = inode;
+        }
+        if let Some(mount) = field(b"mnt_id:")
+            && let Some(mounted) = mount_device(mount)
+        {
+            dev = mounted;
+        }
+    }
+    Some(LockKey(format!("{:02x}:{:02x}:{ino}", dev.0, dev.1)))
+}
+
+fn split_once(text: &[u8], separator: u8) -> Option<(&[u8], &[u8])> {
+    let at = text.iter().position(|&byte| byte == separator)?;
+    Some((&text[..at], &text[at + 1..]))
+}
+
+// `dev_t` and the major/minor types differ in width between libcs.
+#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+fn split_dev(dev: u64) -> (u64, u64) {
+    let dev = dev as nix::libc::dev_t;
+    (
+        u64::from(nix::sys::stat::major(dev)),
+        u64::from(nix::sys::stat::minor(dev)),
+    )
+}
+
+/// `major:minor` of the mount with this ID: the third field of its
+/// `/proc/self/mountinfo` line.
+fn mount_device(mount: u64) -> Option<(u64, u64)> {
+    let mut text = Vec::new();
+    read_proc("/proc/self/mountinfo", &mut text)?;
+    lines(&text).find_map(|line| {
+        let mut fields = line.split(|&byte| byte == b' ');
+        if decimal::<u64>(fields.next()?)? != mount {
+            return None;
+        }
+        let (major, minor) = split_once(fields.nth(1)?, b':')?;
+        Some((decimal(major)?, decimal(minor)?))
+    })
+}
+
+/// The processes `/proc/locks` names for granted `flock`s on `key`, with
+/// the lock's kind: whoever *took* each lock, who may have exited (and whose
+/// PID may since be someone else's) or may share it with others. Where to
+/// look first, never an answer by itself.
+pub(crate) fn lock_takers(key: &LockKey) -> Vec<(LockKind, Pid)> {
+    let mut text = Vec::new();
+    if read_proc("/proc/locks", &mut text).is_none() {
+        return Vec::new();
+    }
+    lines(&text)
+        .filter_map(|line| {
+            // Each line starts with its ordinal: "1: FLOCK ...".
+            let (_, rest) = split_once(line, b':')?;
+            flock_line(rest)
+        })
+        .filter(|lock| lock.file == key.as_bytes())
+        .filter_map(|lock| Some((lock.kind, Pid::new(lock.taker)?)))
+        .collect()
+}
+
+/// Every visible process holding a `flock` on `key`, with what it holds.
+/// Empty when nothing can be verified. Reads the lock lines of every
+/// descriptor of every process: for when all holders must be known, after
+/// the likely ones (the file's PID, [`lock_takers`], their children) did
+/// not answer.
+pub(crate) fn scan_locks(key: &LockKey) -> Vec<(Pid, HeldLock)> {
+    let mut found = Vec::new();
+    // No entry for our file in `/proc/locks`: nobody we could verify holds
+    // it, and the scan is skipped.
+    if lock_takers(key).is_empty() {
         return found;
     }
     let Ok(mut processes) = Dir::open("/proc", LIST_FLAGS, Mode::empty()) else {
         return found;
     };
+    let mut text = Vec::new();
     // `map_while`: nix's `readdir` repeats an error for as long as the
     // kernel does, so skipping errors could loop forever.
     for entry in processes.iter().map_while(Result::ok) {
         let Some(pid) = decimal(entry.file_name().to_bytes()).and_then(Pid::new) else {
             continue;
         };
-        if let Some(kind) = strongest_lock(pid, &key, &mut text) {
-            found.push((pid, kind));
+        if let Some(held) = strongest_lock(pid, key, &mut text) {
+            found.push((pid, held));
         }
     }
     found
 }
 
-/// The strongest lock `pid` holds on `identity` right now, if it can be seen.
-pub(crate) fn lock_held_by(pid: Pid, identity: Identity) -> Option<LockKind> {
-    if !proc_is_ours() {
-        return None;
+/// The strongest lock `pid` holds on `key` right now, if it can be seen.
+pub(crate) fn lock_held_by(pid: Pid, key: &LockKey) -> Option<HeldLock> {
+    strongest_lock(pid, key, &mut Vec::new())
+}
+
+/// The children of `pid` (every thread's), from
+/// `/proc/<pid>/task/<tid>/children`; empty where the kernel does not offer
+/// the file.
+pub(crate) fn children_of(pid: Pid) -> Vec<Pid> {
+    let mut children = Vec::new();
+    let Ok(mut tasks) = Dir::open(
+        format!("/proc/{pid}/task").as_str(),
+        LIST_FLAGS,
+        Mode::empty(),
+    ) else {
+        return children;
+    };
+    let mut text = Vec::new();
+    for task in tasks.iter().map_while(Result::ok) {
+        let tid = task.file_name().to_bytes();
+        if tid.first() == Some(&b'.') {
+            continue;
+        }
+        let tid = String::from_utf8_lossy(tid);
+        if read_proc(&format!("/proc/{pid}/task/{tid}/children"), &mut text).is_none() {
+            continue;
+        }
+        children.extend(
+            text.split(u8::is_ascii_whitespace)
+                .filter_map(decimal)
+                .filter_map(Pid::new),
+        );
     }
-    strongest_lock(pid, &proc_locks_key(identity), &mut Vec::new())
+    children
+}
+
+/// The effective user of `pid` (the second number of the `Uid:` line of
+/// `/proc/<pid>/status`).
+pub(crate) fn user_of(pid: Pid) -> Option<u32> {
+    let mut status = Vec::new();
+    read_proc(&format!("/proc/{pid}/status"), &mut status)?;
+    let line = lines(&status).find_map(|line| line.strip_prefix(b"Uid:"))?;
+    let mut fields = line
+        .split(u8::is_ascii_whitespace)
+        .filter(|field| !field.is_empty());
+    decimal(fields.nth(1)?)
+}
+
+/// Whether `pid` has exited and not been reaped yet (state `Z` in
+/// `/proc/<pid>/stat`): it answers `kill(pid, 0)` but runs no more.
+pub(crate) fn is_zombie(pid: Pid) -> bool {
+    let mut stat = Vec::new();
+    read_proc(&format!("/proc/{pid}/stat"), &mut stat).is_some()
+        && state_in_stat(&stat) == Some(b'Z')
+}
+
+fn state_in_stat(stat: &[u8]) -> Option<u8> {
+    let after_name = &stat[stat.iter().rposition(|&byte| byte == b')')? + 1..];
+    after_name
+        .split(u8::is_ascii_whitespace)
+        .find(|field| !field.is_empty())
+        .and_then(|field| field.first().copied())
+}
+
+/// The command line of `pid`, its arguments joined by spaces, for messages.
+pub(crate) fn command_line(pid: Pid) -> Option<String> {
+    let mut cmdline = Vec::new();
+    read_proc(&format!("/proc/{pid}/cmdline"), &mut cmdline)?;
+    let words: Vec<String> = cmdline
+        .split(|&byte| byte == 0)
+        .filter(|word| !word.is_empty())
+        .map(|word| String::from_utf8_lossy(word).into_owned())
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
 }
 
 /// The parent of `pid` (field 4 of `/proc/<pid>/stat`, after the command
@@ -161,25 +344,6 @@ fn lines(text: &[u8]) -> impl Iterator<Item = &[u8]> {
     text.split(|&byte| byte == b'\n')
 }
 
-/// How `/proc/locks` and fdinfo name a file: hex `major:minor`, then the inode.
-#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
-fn proc_locks_key(identity: Identity) -> String {
-    let (dev, ino) = identity.raw();
-    let dev = dev as nix::libc::dev_t;
-    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
-    format!("{major:02x}:{minor:02x}:{ino}")
-}
-
-/// Whether `/proc/locks` has a granted FLOCK entry (not a waiter, `->`) for
-/// the file `key` names. If `/proc/locks` cannot be read, assume it may.
-/// `buffer` is scratch space, lent to save an allocation.
-fn listed_in_proc_locks(key: &str, buffer: &mut Vec<u8>) -> bool {
-    if read_proc("/proc/locks", buffer).is_none() {
-        return true;
-    }
-    lines(buffer).any(|line| flock_line(line).is_some_and(|(_, file)| file == key.as_bytes()))
-}
-
 /// `/proc` numbers processes as the namespace it was mounted for. If that is
 /// not ours (a container that bind-mounted the host's `/proc`), its numbers
 /// would name other processes than ours do: trust none of them.
@@ -191,14 +355,15 @@ fn proc_is_ours() -> bool {
 }
 
 /// The strongest lock `pid` holds on the file `key` names, through any
-/// descriptor. `buffer` is scratch space.
-fn strongest_lock(pid: Pid, key: &str, buffer: &mut Vec<u8>) -> Option<LockKind> {
+/// descriptor, with whether that descriptor was opened for writing.
+/// `buffer` is scratch space.
+fn strongest_lock(pid: Pid, key: &LockKey, buffer: &mut Vec<u8>) -> Option<HeldLock> {
     let path = format!("/proc/{pid}/fdinfo");
     let directory = nix::fcntl::open(path.as_str(), LIST_FLAGS, Mode::empty()).ok()?;
     // The listing gets its own descriptor, so that `directory` stays free to
     // open the entries while it runs.
     let mut fdinfo = Dir::from_fd(directory.try_clone().ok()?).ok()?;
-    let mut found = None;
+    let mut found: Option<HeldLock> = None;
     for fd in fdinfo.iter().map_while(Result::ok) {
         // Only the fdinfo text, never a `stat` through `/proc/<pid>/fd/N`:
         // that follows the link into the file's own filesystem, and one
@@ -220,13 +385,28 @@ fn strongest_lock(pid: Pid, key: &str, buffer: &mut Vec<u8>) -> Option<LockKind>
         if read_whole(info.as_fd(), buffer).is_none() {
             continue;
         }
-        match lock_in_fdinfo(buffer, key.as_bytes()) {
-            Some(LockKind::Exclusive) => return Some(LockKind::Exclusive),
-            Some(LockKind::Shared) => found = Some(LockKind::Shared),
-            None => {}
+        let Some(kind) = lock_in_fdinfo(buffer, key.as_bytes()) else {
+            continue;
+        };
+        let held = HeldLock {
+            kind,
+            writable: opened_for_writing(buffer),
+        };
+        if found.is_none_or(|known| held.outranks(known)) {
+            found = Some(held);
         }
     }
     found
+}
+
+/// Whether the `flags:` line of an fdinfo text (octal open flags) says the
+/// descriptor was opened for writing (`O_WRONLY` or `O_RDWR`).
+fn opened_for_writing(info: &[u8]) -> bool {
+    lines(info)
+        .find_map(|line| line.strip_prefix(b"flags:"))
+        .and_then(|flags| std::str::from_utf8(flags.trim_ascii()).ok())
+        .and_then(|flags| u32::from_str_radix(flags, 8).ok())
+        .is_some_and(|flags| flags & 0o3 != 0)
 }
 
 /// Reads the `lock:` lines of an fdinfo file, which look like
@@ -236,20 +416,38 @@ fn strongest_lock(pid: Pid, key: &str, buffer: &mut Vec<u8>) -> Option<LockKind>
 fn lock_in_fdinfo(info: &[u8], key: &[u8]) -> Option<LockKind> {
     lines(info)
         .filter_map(|line| line.strip_prefix(b"lock:"))
-        .find_map(|line| flock_line(line).filter(|&(_, file)| file == key))
-        .map(|(kind, _)| kind)
+        .filter_map(flock_line)
+        .find(|lock| lock.file == key)
+        .map(|lock| lock.kind)
 }
 
-/// A granted `flock` in the format `/proc/locks` and fdinfo share:
-/// `1: FLOCK  ADVISORY  WRITE 5152 fe:00:10010769 0 EOF`, read as its kind
-/// and its file (`major:minor:inode`). A waiter (`1: -> FLOCK ...`), a POSIX
-/// lock or an OFD lock is `None`.
-fn flock_line(line: &[u8]) -> Option<(LockKind, &[u8])> {
+/// A granted `flock` as `/proc/locks` and fdinfo print it, after the
+/// ordinal's colon.
+#[derive(Debug, PartialEq, Eq)]
+struct FlockLine<'a> {
+    kind: LockKind,
+    /// Whoever took it (possibly gone since).
+    taker: i32,
+    /// `major:minor:inode`.
+    file: &'a [u8],
+}
+
+/// `1: FLOCK  ADVISORY  WRITE 5152 fe:00:10010769 0 EOF` (the part after
+/// `lock:` in fdinfo, or a `/proc/locks` line), read as its kind, taker and
+/// file. A waiter (`1: -> FLOCK ...`), a POSIX lock or an OFD lock is `None`.
+fn flock_line(line: &[u8]) -> Option<FlockLine<'_>> {
     let mut fields = line
         .split(u8::is_ascii_whitespace)
         .filter(|field| !field.is_empty());
-    let _ordinal = fields.next()?;
-    if fields.next()? != b"FLOCK" {
+    let first = fields.next()?;
+    // fdinfo's `lock:` value starts with the ordinal ("1:"), a
+    // `/proc/locks` line has had it cut off already.
+    let class = if first.ends_with(b":") {
+        fields.next()?
+    } else {
+        first
+    };
+    if class != b"FLOCK" {
         return None;
     }
     let _advisory = fields.next()?;
@@ -258,8 +456,12 @@ fn flock_line(line: &[u8]) -> Option<(LockKind, &[u8])> {
         b"READ" => LockKind::Shared,
         _ => return None,
     };
-    let _taken_by = fields.next()?;
-    Some((kind, fields.next()?))
+    let taker = decimal(fields.next()?)?;
+    Some(FlockLine {
+        kind,
+        taker,
+        file: fields.next()?,
+    })
 }
 
 /// An inotify instance that reports when the file open on a descriptor is
@@ -334,6 +536,68 @@ mod tests {
         assert_eq!(lock_in_fdinfo(other, key), None);
         let waiter = b"1: -> FLOCK  ADVISORY  WRITE 78 fe:00:10010769 0 EOF";
         assert_eq!(flock_line(waiter), None);
+    }
+
+    /// `/proc/locks` lines have their ordinal cut off before parsing; the
+    /// taker is kept, a waiter is not.
+    #[test]
+    fn proc_locks_lines_give_kind_taker_and_file() {
+        let line = b" FLOCK  ADVISORY  READ 28269 00:28:257 0 EOF";
+        assert_eq!(
+            flock_line(line),
+            Some(FlockLine {
+                kind: LockKind::Shared,
+                taker: 28269,
+                file: b"00:28:257",
+            })
+        );
+        assert_eq!(
+            flock_line(b" -> FLOCK  ADVISORY  WRITE 1 00:28:257 0 EOF"),
+            None
+        );
+        assert_eq!(
+            flock_line(b" POSIX  ADVISORY  WRITE 1 00:28:257 0 EOF"),
+            None
+        );
+    }
+
+    #[test]
+    fn the_access_mode_is_read_from_the_octal_flags() {
+        assert!(opened_for_writing(
+            b"pos:\t0\nflags:\t02100002\nmnt_id:\t29\n"
+        ));
+        assert!(opened_for_writing(b"flags:\t0100001\n"));
+        assert!(!opened_for_writing(b"flags:\t02100000\n"));
+        assert!(!opened_for_writing(b"pos:\t0\n"));
+    }
+
+    #[test]
+    fn a_zombie_is_told_by_its_state() {
+        assert_eq!(state_in_stat(b"4242 (a) Z) Z 1 4242"), Some(b'Z'));
+        assert_eq!(state_in_stat(b"4242 (bot) S 1"), Some(b'S'));
+        assert_eq!(state_in_stat(b"4242 bot"), None);
+        assert!(!is_zombie(Pid::current()));
+    }
+
+    /// On the file systems that matter most (ext4, tmpfs), the key the
+    /// kernel prints is `stat`'s device: both ways of learning it agree.
+    #[test]
+    fn the_lock_key_of_an_ordinary_file_matches_its_stat() {
+        let dir = tempfile::tempdir().expect("make a temporary directory");
+        let path = dir.path().join("key.pid");
+        let file: OwnedFd = std::fs::File::create(&path).expect("create").into();
+        let stat = nix::sys::stat::fstat(&file).expect("fstat");
+        let identity = Identity::of(&stat);
+        let key = lock_key(file.as_fd(), identity).expect("a key");
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        let (major, minor) = split_dev(stat.st_dev as u64);
+        assert_eq!(key.0, format!("{major:02x}:{minor:02x}:{}", stat.st_ino));
+        super::super::flock(file.as_fd(), nix::libc::LOCK_EX).expect("lock");
+        let listed = lock_takers(&key);
+        assert!(
+            listed.contains(&(LockKind::Exclusive, Pid::current())),
+            "{key:?} not in /proc/locks: {listed:?}"
+        );
     }
 
     /// The command name (field 2) may hold spaces, parentheses and bytes

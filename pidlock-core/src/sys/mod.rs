@@ -39,8 +39,9 @@ mod other;
 use other as platform;
 
 pub(crate) use platform::{
-    CloseWatch, DIRECTORY_FLAGS, MSG_NOSIGNAL, RUN_DIR, VERIFIES_HOLDERS, connect_abstract,
-    lock_held_by, own_namespace_pid, parent_of, pidfd_open, pidfd_send_signal, scan_locks,
+    CloseWatch, DIRECTORY_FLAGS, LockKey, MSG_NOSIGNAL, RUN_DIR, VERIFIES_HOLDERS, children_of,
+    command_line, connect_abstract, exchange, is_zombie, lock_held_by, lock_key, lock_takers,
+    own_namespace_pid, parent_of, pidfd_open, pidfd_send_signal, scan_locks, sharers_pipe, user_of,
 };
 
 /// The kind of `flock` a process holds on a file.
@@ -50,6 +51,25 @@ pub(crate) enum LockKind {
     Exclusive,
     /// `LOCK_SH`: an observer probing for an instant.
     Shared,
+}
+
+/// A lock some process holds on a file, as the kernel lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HeldLock {
+    pub(crate) kind: LockKind,
+    /// Whether the descriptor that holds it was opened for writing: an
+    /// instance always opens its PID file so; `flock(1)` and readers open it
+    /// read-only.
+    pub(crate) writable: bool,
+}
+
+impl HeldLock {
+    /// Whether `self` says more about the process than `other`: exclusive
+    /// over shared, then a writable descriptor over a read-only one.
+    pub(crate) fn outranks(self, other: Self) -> bool {
+        let rank = |held: Self| (held.kind == LockKind::Exclusive, held.writable);
+        rank(self) > rank(other)
+    }
 }
 
 /// Which inode a path named when we locked it.

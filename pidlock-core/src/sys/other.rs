@@ -10,7 +10,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::signal::Signal;
 
-use super::{Identity, LockKind};
+use super::{HeldLock, Identity, LockKind};
 use crate::pid::Pid;
 
 /// A plain read-only directory descriptor (no `O_PATH` here).
@@ -31,6 +31,30 @@ pub(crate) const MSG_NOSIGNAL: nix::libc::c_int = nix::libc::MSG_NOSIGNAL;
 #[cfg(not(target_os = "freebsd"))]
 pub(crate) const MSG_NOSIGNAL: nix::libc::c_int = 0;
 
+/// A pipe for a lock's sharers (see [`crate::signal_context`]): both ends
+/// close-on-exec, the read end non-blocking. macOS has no `pipe2`, so the
+/// flags are set after `pipe`: a fork on another thread in between would
+/// pass both ends to a child that `exec`s, which then keeps the file of a
+/// lock it does not hold after its parent lets go (the safe side).
+pub(crate) fn sharers_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    let (read, write) = nix::unistd::pipe()?;
+    for end in [&read, &write] {
+        fcntl(end, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    }
+    fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    Ok((read, write))
+}
+
+/// No atomic exchange of two names.
+pub(crate) fn exchange(
+    _dir: BorrowedFd<'_>,
+    _a: &std::ffi::CStr,
+    _b: &std::ffi::CStr,
+) -> nix::Result<()> {
+    Err(Errno::ENOSYS)
+}
+
 /// No pidfds: the caller keeps the PID number alone.
 pub(crate) fn pidfd_open(_pid: Pid) -> nix::Result<OwnedFd> {
     Err(Errno::ENOSYS)
@@ -41,13 +65,47 @@ pub(crate) fn pidfd_send_signal(_pidfd: BorrowedFd<'_>, _signal: Signal) -> nix:
     Err(Errno::ENOSYS)
 }
 
-/// No per-descriptor lock listing: no holder can be verified.
-pub(crate) fn scan_locks(_identity: Identity) -> Vec<(Pid, LockKind)> {
+/// No lock listings to name a file in: nothing is ever looked up by key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LockKey {}
+
+/// No lock listings.
+pub(crate) fn lock_key(_file: BorrowedFd<'_>, _identity: Identity) -> Option<LockKey> {
+    None
+}
+
+/// Unreachable: there is no key.
+pub(crate) fn lock_takers(key: &LockKey) -> Vec<(LockKind, Pid)> {
+    match *key {}
+}
+
+/// Unreachable: there is no key.
+pub(crate) fn scan_locks(key: &LockKey) -> Vec<(Pid, HeldLock)> {
+    match *key {}
+}
+
+/// Unreachable: there is no key.
+pub(crate) fn lock_held_by(_pid: Pid, key: &LockKey) -> Option<HeldLock> {
+    match *key {}
+}
+
+/// Not looked up outside Linux.
+pub(crate) fn children_of(_pid: Pid) -> Vec<Pid> {
     Vec::new()
 }
 
-/// No per-descriptor lock listing.
-pub(crate) fn lock_held_by(_pid: Pid, _identity: Identity) -> Option<LockKind> {
+/// Not looked up outside Linux.
+pub(crate) fn user_of(_pid: Pid) -> Option<u32> {
+    None
+}
+
+/// Not looked up outside Linux: `kill(pid, 0)` is all there is.
+pub(crate) fn is_zombie(_pid: Pid) -> bool {
+    false
+}
+
+/// Not looked up outside Linux.
+pub(crate) fn command_line(_pid: Pid) -> Option<String> {
     None
 }
 

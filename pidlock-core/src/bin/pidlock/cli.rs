@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pidlock_core::{Error, Holder, Pid, Status, StopSignal, Stopped};
+use pidlock_core::{Error, Escalation, Holder, Pid, Status, Stop, StopSignal, Stopped};
 
 use crate::human;
 
@@ -130,13 +130,16 @@ impl Command {
                     }
                     RUNNING
                 }
-                Ok(Status::Stale { pid }) => {
+                Ok(Status::Stale { pid, readers }) => {
                     let said =
                         pid.map_or_else(|| "no valid PID".to_owned(), |pid| format!("PID {pid}"));
                     println!(
                         "{}: not running, but the PID file remains ({said})",
                         path.display()
                     );
+                    for reader in readers {
+                        println!("  held open by a reader, not an instance: {reader}");
+                    }
                     DEAD_WITH_PID_FILE
                 }
                 Ok(Status::NotRunning) => {
@@ -150,38 +153,54 @@ impl Command {
                 timeout,
                 kill,
                 signal,
-            } => match pidlock_core::stop_with(&path, signal, timeout, kill) {
-                Ok(Stopped::NotRunning) => {
-                    println!("{}: not running", path.display());
-                    0
+            } => {
+                let escalation = if kill {
+                    Escalation::Kill
+                } else {
+                    Escalation::Report
+                };
+                let stop = Stop::new()
+                    .signal(signal)
+                    .timeout(timeout)
+                    .escalation(escalation);
+                match stop.run(&path) {
+                    Ok(Stopped::NotRunning) => {
+                        println!("{}: not running", path.display());
+                        0
+                    }
+                    Ok(Stopped::Exited { pid, now_held_by }) => {
+                        println!(
+                            "{}: PID {pid} stopped{}",
+                            path.display(),
+                            successor(now_held_by.as_ref())
+                        );
+                        0
+                    }
+                    Ok(Stopped::Killed { pid, now_held_by }) => {
+                        println!(
+                            "{}: PID {pid} killed after {}{}",
+                            path.display(),
+                            human::duration(timeout),
+                            successor(now_held_by.as_ref())
+                        );
+                        0
+                    }
+                    Ok(Stopped::StillRunning(pid)) => {
+                        eprintln!(
+                            "pidlock: {}: PID {pid} is still running after {}{}",
+                            path.display(),
+                            human::duration(timeout),
+                            if kill {
+                                " and SIGKILL"
+                            } else {
+                                "; add --kill to send SIGKILL"
+                            }
+                        );
+                        1
+                    }
+                    Err(error) => fail(&error),
                 }
-                Ok(Stopped::Exited(pid)) => {
-                    println!("{}: PID {pid} stopped", path.display());
-                    0
-                }
-                Ok(Stopped::Killed(pid)) => {
-                    println!(
-                        "{}: PID {pid} killed after {}",
-                        path.display(),
-                        human::duration(timeout)
-                    );
-                    0
-                }
-                Ok(Stopped::StillRunning(pid)) => {
-                    eprintln!(
-                        "pidlock: {}: PID {pid} is still running after {}{}",
-                        path.display(),
-                        human::duration(timeout),
-                        if kill {
-                            " and SIGKILL"
-                        } else {
-                            "; add --kill to send SIGKILL"
-                        }
-                    );
-                    1
-                }
-                Err(error) => fail(&error),
-            },
+            }
             Self::Wait { path, timeout } => match pidlock_core::wait_until_free(&path, timeout) {
                 Ok(true) => 0,
                 Ok(false) => {
@@ -195,6 +214,17 @@ impl Command {
                 Err(error) => fail(&error),
             },
         }
+    }
+}
+
+/// "; the lock is now held by PID N", after a stop that a standby followed.
+fn successor(holder: Option<&Holder>) -> String {
+    match holder {
+        Some(holder) if holder.is_verified() => holder.pid().map_or_else(String::new, |pid| {
+            format!("; the lock is now held by PID {pid}")
+        }),
+        Some(_) => "; the lock is held again, by a process that cannot be verified".to_owned(),
+        None => String::new(),
     }
 }
 
