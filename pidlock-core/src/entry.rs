@@ -16,31 +16,55 @@ use crate::sys;
 use crate::systemd;
 
 /// Where a program's PID file goes when the attribute names no `path`:
-/// for root `/run/<name>.pid` (`/var/run` outside Linux), for any other user
-/// `/tmp/<name>-<uid>.pid`.
+/// for root `/run/<name>.pid` (`/var/run` outside Linux); for any other
+/// user `<home>/.local/state/pidlock/<name>.pid`, where `<home>` is that
+/// user's home directory in the user database.
 ///
-/// It depends on the user id and the name only, never on the launching
-/// environment (`XDG_RUNTIME_DIR`, `TMPDIR`, `RUNTIME_DIRECTORY`, the working
-/// directory): a copy started from a login shell, from cron, with `sudo -u`
-/// or as a service of the same user finds the same file (SPEC §3). A service
-/// with a private `/tmp` (systemd's `PrivateTmp=yes`) sees another `/tmp`:
-/// give such a program an absolute `path`. In the shared `/tmp`, a file that
-/// another user planted at the path is refused, never used.
+/// It depends on the user and the name only, never on the launching
+/// environment (`HOME`, `XDG_RUNTIME_DIR`, `TMPDIR`, `RUNTIME_DIRECTORY`,
+/// the working directory): a copy started from a login shell, from cron,
+/// with `sudo -u` or as a service of the same user finds the same file, or
+/// two instances would run. And no other user can create a file there
+/// first: `/run` is root's, a home directory its user's. (A shared
+/// directory such as `/tmp` would let any user plant the path and keep the
+/// program from ever starting.)
+///
+/// A service whose unit hides home directories (`ProtectHome=`) or that
+/// runs as a user without one (`DynamicUser=`) needs an explicit `path`.
 ///
 /// ```
-/// let path = pidlock_core::default_path("bot");
-/// let name = path.file_name().unwrap().to_str().unwrap();
-/// assert!(name == "bot.pid" || name.starts_with("bot-"));
+/// let path = pidlock_core::default_path("bot")?;
 /// assert!(path.is_absolute());
+/// assert_eq!(path.file_name().and_then(|name| name.to_str()), Some("bot.pid"));
+/// # Ok::<(), pidlock_core::Error>(())
 /// ```
-#[must_use]
-pub fn default_path(name: &str) -> PathBuf {
+///
+/// # Errors
+///
+/// [`Error::NoDefaultPath`] for a user other than root who has no home
+/// directory in the user database.
+pub fn default_path(name: &str) -> Result<PathBuf> {
     let uid = nix::unistd::geteuid();
+    let file = format!("{name}.pid");
     if uid.is_root() {
-        Path::new(sys::RUN_DIR).join(format!("{name}.pid"))
-    } else {
-        Path::new("/tmp").join(format!("{name}-{uid}.pid"))
+        return Ok(Path::new(sys::RUN_DIR).join(file));
     }
+    let no_home = |reason| Error::NoDefaultPath {
+        user: crate::error::user_name(uid.as_raw()),
+        reason,
+    };
+    let user = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .ok_or_else(|| no_home("it is not in the user database"))?;
+    if !user.dir.is_absolute() || user.dir == Path::new("/") {
+        return Err(no_home("it has no home directory there"));
+    }
+    // `/nonexistent` and the like: the convention for users without one.
+    if !user.dir.is_dir() {
+        return Err(no_home("its home directory does not exist"));
+    }
+    Ok(user.dir.join(".local/state/pidlock").join(file))
 }
 
 /// Holds for every type when the `postgres` feature is on, for none when it
@@ -266,7 +290,7 @@ impl Entry {
                 });
             }
             Some(path) => path.clone(),
-            None => default_path(self.name),
+            None => default_path(self.name)?,
         })
     }
 }

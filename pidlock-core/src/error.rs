@@ -310,6 +310,14 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+    /// No path was given, and the user this program runs as has no place
+    /// for the default one (see [`default_path`](crate::default_path)).
+    NoDefaultPath {
+        /// The user, as `name (uid N)`.
+        user: String,
+        /// Why, in words.
+        reason: &'static str,
+    },
     /// The environment variable meant to override the path is set but empty.
     EmptyEnvVar {
         /// The variable's name.
@@ -430,6 +438,10 @@ impl fmt::Display for Error {
                     path.as_os_str()
                 )
             }
+            Self::NoDefaultPath { user, reason } => write!(
+                f,
+                "no default PID file for user {user}, whose home directory holds it: {reason}; give the program a path (the attribute's `path` or `env`)"
+            ),
             Self::EmptyEnvVar { var } => write!(
                 f,
                 "environment variable {var} is set but empty; unset it or set it to a PID file path"

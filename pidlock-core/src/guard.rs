@@ -174,7 +174,7 @@ impl PidFileGuard {
         let key = sys::lock_key(file.as_fd(), self.registration.identity);
         let sharer = key.and_then(|key| holders::sharer_of(&key, me));
         if let Some(sharer) = sharer {
-            let _ = sys::write_pid(file.as_fd(), sharer, i64::MAX, self.path());
+            let _ = sys::rewrite_pid(file.as_fd(), sharer, self.path());
         }
         if self.registration.announce {
             messages::kept_for_sharers(self.path(), sharer);

@@ -62,8 +62,9 @@ impl fmt::Display for Pid {
     }
 }
 
-/// The text written into a PID file for `pid`: the number and a newline.
-pub(crate) fn render(pid: Pid, buf: &mut [u8; 12]) -> &[u8] {
+/// The text written into a PID file for `pid`: the number and a newline, at
+/// the start of `buf` (at least 11 bytes long).
+pub(crate) fn render(pid: Pid, buf: &mut [u8]) -> &[u8] {
     // i32::MAX has 10 digits; with '\n' that is 11 bytes. Formatting by hand
     // keeps the hot path free of allocation.
     let mut digits = [0u8; 10];

@@ -253,3 +253,120 @@ pub fn assert_held_one_at_a_time(log: &Path, expected: usize) {
         );
     }
 }
+
+/// A user that only exists inside a [`PrivateMounts`] namespace.
+pub const TEST_USER: u32 = 4242;
+
+/// A mount namespace of the test's own (`unshare --mount`), with an empty
+/// `/run` and an `/etc/passwd` that adds [`TEST_USER`] with a home directory
+/// of its own: the default PID file paths (root's `/run/<bin>.pid`, a
+/// user's home) without touching the machine's, so two runs of the suite
+/// never meet. Needs root; `None` (the test then skips, except under
+/// `CI=true`) without it.
+pub struct PrivateMounts {
+    holder: Child,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateMounts {
+    pub fn new() -> Option<Self> {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI runs as root, which private mounts need"
+            );
+            eprintln!("skipped: needs root for a mount namespace of its own");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("scratch directory");
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).expect("make the home directory");
+        std::os::unix::fs::chown(&home, Some(TEST_USER), Some(TEST_USER)).expect("chown the home");
+        // Other users must be able to reach the home, as on a real system.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("open the scratch directory");
+        let mut passwd = std::fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+        passwd.push_str(&format!(
+            "pidlocktest:x:{TEST_USER}:{TEST_USER}::{}:/bin/sh\n",
+            home.display()
+        ));
+        std::fs::write(dir.path().join("passwd"), passwd).expect("write the private passwd");
+        let script = format!(
+            "mount -t tmpfs -o mode=755 pidlock-test /run && \
+             mount --bind '{}/passwd' /etc/passwd && echo ready && exec cat",
+            dir.path().display()
+        );
+        let mut holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("unshare --mount");
+        let mut line = String::new();
+        BufReader::new(holder.stdout.take().expect("stdout piped"))
+            .read_line(&mut line)
+            .expect("read the namespace's first line");
+        assert_eq!(line, "ready\n", "the private mounts were not made");
+        Some(Self { holder, dir })
+    }
+
+    /// `exe args`, in the namespace, as `uid` (root when `None`).
+    pub fn command(&self, uid: Option<u32>, exe: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--mount=/proc/{}/ns/mnt", self.holder.id()));
+        if let Some(uid) = uid {
+            command.args([
+                "setpriv",
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+            ]);
+        }
+        command
+            .arg("--")
+            .arg(exe)
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("PIDLOCK_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// [`TEST_USER`]'s home directory.
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// Whether `path` exists, seen from inside the namespace.
+    pub fn exists(&self, path: &Path) -> bool {
+        self.command(None, "test", &["-e", &path.display().to_string()])
+            .status()
+            .expect("run test -e")
+            .success()
+    }
+
+    /// `path`'s contents, seen from inside the namespace.
+    pub fn read(&self, path: &Path) -> String {
+        let output = self
+            .command(None, "cat", &[&path.display().to_string()])
+            .output()
+            .expect("run cat");
+        assert!(output.status.success(), "cat {}", path.display());
+        String::from_utf8(output.stdout).expect("UTF-8")
+    }
+}
+
+impl Drop for PrivateMounts {
+    fn drop(&mut self) {
+        // Closing its stdin ends `cat`, and with the last process the
+        // namespace and its mounts go.
+        drop(self.holder.stdin.take());
+        let _ = self.holder.wait();
+    }
+}

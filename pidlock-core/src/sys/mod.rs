@@ -347,11 +347,25 @@ pub(crate) fn read_contents(
 /// was longer, never to zero first: truncating to zero and rewriting makes
 /// ext4 flush the file on close (its `auto_da_alloc` heuristic), a disk write
 /// per start, and a reader never sees an empty file.
+///
+/// Over a longer old PID the new one is written padded with spaces to the
+/// old length, in the same `pwrite`: written bare, `789\n` over `123456\n`
+/// would read `789\n56\n` until the truncation, and `kill $(cat file)`
+/// would signal 56 too. Padded, every reader sees one PID, old or new. Old
+/// contents longer than [`pid::READ_LIMIT`] are junk (never a PID): they are
+/// truncated to nothing first, since no padding would be worth writing.
 pub(crate) fn write_pid(file: BorrowedFd<'_>, pid: Pid, size: i64, path: &Path) -> Result<()> {
-    let mut buf = [0; 12];
-    let text = pid::render(pid, &mut buf);
-    match retry_eintr(|| nix::sys::uio::pwrite(file, text, 0)) {
-        Ok(n) if n == text.len() => {}
+    let mut buf = [b' '; pid::READ_LIMIT];
+    let old = usize::try_from(size).unwrap_or(usize::MAX);
+    let (written, len) = padded(pid, old, &mut buf);
+    let truncate = |to: i64| {
+        retry_eintr(|| ftruncate(file, to)).map_err(|errno| Error::io(path, "truncate", errno))
+    };
+    if old > pid::READ_LIMIT {
+        truncate(0)?;
+    }
+    match retry_eintr(|| nix::sys::uio::pwrite(file, written, 0)) {
+        Ok(n) if n == written.len() => {}
         Ok(_) => {
             return Err(Error::Io {
                 path: path.to_owned(),
@@ -361,11 +375,23 @@ pub(crate) fn write_pid(file: BorrowedFd<'_>, pid: Pid, size: i64, path: &Path) 
         }
         Err(errno) => return Err(Error::io(path, "write the PID into", errno)),
     }
-    let len = text.len() as i64;
-    if size > len {
-        retry_eintr(|| ftruncate(file, len)).map_err(|errno| Error::io(path, "truncate", errno))?;
+    if written.len() > len {
+        truncate(len as i64)?;
     }
     Ok(())
+}
+
+/// What [`write_pid`] writes over `old` bytes, and the length it keeps.
+fn padded(pid: Pid, old: usize, buf: &mut [u8; pid::READ_LIMIT]) -> (&[u8], usize) {
+    let len = pid::render(pid, buf).len();
+    let written = if old > buf.len() { len } else { len.max(old) };
+    (&buf[..written], len)
+}
+
+/// [`write_pid`] over whatever the file holds now.
+pub(crate) fn rewrite_pid(file: BorrowedFd<'_>, pid: Pid, path: &Path) -> Result<()> {
+    let stat = nix::sys::stat::fstat(file).map_err(|errno| Error::io(path, "inspect", errno))?;
+    write_pid(file, pid, stat.st_size, path)
 }
 
 /// `flock(2)`. nix's `Flock` wrapper unlocks on drop, which would add a system
@@ -400,6 +426,40 @@ pub(crate) fn dup_raw(fd: RawFd) -> nix::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every state a reader can see during a rewrite holds one PID only.
+    #[test]
+    fn a_shorter_pid_is_written_padded_over_a_longer_one() {
+        let new = Pid::new(789).expect("a PID");
+        let mut buf = [b' '; pid::READ_LIMIT];
+        let (written, kept) = padded(new, "123456\n".len(), &mut buf);
+        assert_eq!(written, b"789\n   ");
+        assert_eq!(kept, 4);
+        let words: Vec<&[u8]> = written
+            .split(u8::is_ascii_whitespace)
+            .filter(|w| !w.is_empty())
+            .collect();
+        assert_eq!(words, [&b"789"[..]]);
+        assert_eq!(padded(new, 2, &mut buf).0, b"789\n");
+        assert_eq!(padded(new, 1 << 20, &mut buf).0, b"789\n");
+
+        let dir = tempfile::tempdir().expect("make a temporary directory");
+        let path = dir.path().join("pad.pid");
+        for old in ["123456\n", "", "12\n", &"x".repeat(4096)] {
+            std::fs::write(&path, old).expect("write the old contents");
+            let file: OwnedFd = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .expect("open")
+                .into();
+            rewrite_pid(std::os::fd::AsFd::as_fd(&file), new, &path).expect("rewrite");
+            assert_eq!(
+                std::fs::read(&path).expect("read"),
+                b"789\n",
+                "over {old:?}"
+            );
+        }
+    }
 
     #[test]
     fn decimals_are_whole_fields() {
