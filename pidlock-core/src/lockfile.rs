@@ -448,15 +448,16 @@ fn busy(file: OwnedFd, stat: &FileStat, path: &Path) -> Busy {
     loop {
         match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_SH | nix::libc::LOCK_NB)) {
             Ok(()) => {
-                // Named for the warning; this process's own shared lock is
-                // not one of them.
+                // Named for the warning: neither this process's own shared
+                // lock nor those of other starts of this program that are
+                // freezing the file too are readers.
                 let me = Pid::current();
                 let readers = key
                     .as_ref()
                     .map(|key| Holders::every(key, owner).readers)
                     .unwrap_or_default()
                     .into_iter()
-                    .filter(|reader| reader.pid != me)
+                    .filter(|reader| reader.pid != me && !sys::runs_this_executable(reader.pid))
                     .collect();
                 return Busy::Pinned(Pinned {
                     file,

@@ -10,31 +10,35 @@
 //! readers only puts a new file, locked by itself, at the path, and leaves
 //! the old inode to its readers.
 //!
-//! The swap must never hide an instance. Two starts may try it at once, and
-//! an instance may lock the old file the moment its readers let go:
+//! The swap must never hide an instance:
 //!
 //! 1. When the readers' locks are all shared, the start first takes a
 //!    shared lock on the old file itself: from then on no process can take
-//!    the exclusive lock on it, so no instance can appear there while the
-//!    swap runs ("frozen").
-//! 2. The new file is made under a temporary name in the same directory,
+//!    the exclusive lock on it, so no instance can appear there ("frozen").
+//! 2. Starts that replace take turns: each holds the *replacement lock*, a
+//!    file `.<name>.replace` beside the PID file, mode 0600 (so no other
+//!    user can open it, let alone hold it), locked and removed with the
+//!    same protocol as the PID file itself. Without turns, a start that
+//!    swapped the wrong file out and swapped it back could, with two others
+//!    doing the same, move a running instance's file away for good.
+//! 3. Holding it, the start checks that the path still names the old file
+//!    (else another start replaced it: look again from the start).
+//! 4. The new file is made under a temporary name in the same directory,
 //!    created exclusively and locked exclusively before anyone can know it.
-//! 3. `renameat2(RENAME_EXCHANGE)` swaps the two names in one step: the path
-//!    names the new file, the temporary name the old one.
-//! 4. The start checks that what it swapped out is the old file it looked
-//!    at. If another start swapped first, it swaps back (the path names the
-//!    other start's file again) and tries the whole lock again, to meet the
-//!    other start as an instance.
-//! 5. When the old file could not be frozen (a reader holds it exclusively),
+//! 5. `renameat2(RENAME_EXCHANGE)` swaps the two names in one step: the path
+//!    names the new file, the temporary name the old one. While the start
+//!    holds its turn, nothing else changes the path: other starts only open
+//!    a file that is there, and only the owner of a file removes it.
+//! 6. When the old file could not be frozen (a reader holds it exclusively),
 //!    an instance may have locked it between the look and the swap, having
 //!    passed its own check that the path named it. The start looks again,
 //!    after the swap: if any process that is not a reader holds the old
 //!    file, or its lock cannot be attributed to a visible reader, it swaps
-//!    back and tries again (and then meets that instance).
-//! 6. The temporary name (now the old file) is removed; its readers keep an
-//!    inode nobody will look at again.
+//!    back and tries the whole lock again (and then meets that instance).
+//! 7. The temporary name (now the old file) is removed; its readers keep an
+//!    inode nobody will look at again. Then the turn is over.
 //!
-//! A start that crashes between 2 and 6 leaves a file under the temporary
+//! A start that crashes between 4 and 7 leaves a file under the temporary
 //! name (`.<name>.<pid>.<n>.pidlock`); nothing reads it, and it can be
 //! removed.
 //!
@@ -46,15 +50,18 @@
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
 use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use crate::error::{Error, Reader, Result};
 use crate::holders::Holders;
 use crate::pid::Pid;
 use crate::sys::{self, Identity, LockKey, flock, retry_eintr};
+use crate::waiting::{self, Waited};
 
 /// A busy file that only readers hold, as the lock loop found it.
 pub(crate) struct Pinned {
@@ -79,6 +86,11 @@ pub(crate) enum Replaced {
 /// would have to have made each of them first.
 const TEMPORARY_NAMES: u32 = 8;
 
+/// How long a start waits for its turn. Turns last a few system calls; a
+/// turn held longer belongs to a start that is stopped or stuck, and then
+/// the readers are reported instead.
+const TURN_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Puts a new, locked file at `name` in place of the pinned one (module
 /// docs).
 pub(crate) fn replace(dir: &OwnedFd, name: &CStr, path: &Path, pinned: Pinned) -> Result<Replaced> {
@@ -89,63 +101,61 @@ pub(crate) fn replace(dir: &OwnedFd, name: &CStr, path: &Path, pinned: Pinned) -
             owner: crate::error::user_name(pinned.stat.st_uid),
         });
     }
-    let pinned_error = |readers: Vec<Reader>| Error::Pinned {
-        path: path.to_owned(),
-        readers,
-    };
     if !sys::VERIFIES_HOLDERS {
-        return Err(pinned_error(pinned.readers));
+        return Err(pinned_error(path, pinned.readers));
+    }
+    let Some(turn) = Turn::take(dir, name, path)? else {
+        return Err(pinned_error(path, pinned.readers));
+    };
+    let old = Identity::of(&pinned.stat);
+    let still_there = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW);
+    if !still_there.is_ok_and(|now| old.same_file(&now)) {
+        // Another start replaced it before our turn (step 3).
+        return Ok(Replaced::Retry);
     }
     let Some((temporary, new)) = create_temporary(dir, name, path)? else {
         return Ok(Replaced::Retry);
     };
     let discard = |new: OwnedFd| {
-        let _ = nix::unistd::unlinkat(
-            dir,
-            temporary.as_c_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
+        let _ = unlinkat(dir, temporary.as_c_str(), UnlinkatFlags::NoRemoveDir);
         drop(new);
     };
     match sys::exchange(dir.as_fd(), &temporary, name) {
         Ok(()) => {}
         Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
             discard(new);
-            return Err(pinned_error(pinned.readers));
+            return Err(pinned_error(path, pinned.readers));
         }
         Err(errno) => {
             discard(new);
             return Err(Error::io(path, "replace", errno));
         }
     }
-    let swap_back = |new: OwnedFd| {
-        // The path names what it named before our swap again, and the
-        // temporary name our file, which goes.
+    let swapped_out = fstatat(dir, temporary.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW);
+    let displaced_an_instance = !swapped_out.is_ok_and(|out| old.same_file(&out))
+        || (!pinned.frozen && !only_readers_hold(&pinned));
+    if displaced_an_instance {
+        // Step 6: put it back. Our turn keeps the path as we left it.
         let _ = sys::exchange(dir.as_fd(), &temporary, name);
         discard(new);
-    };
-    let swapped_out = fstatat(dir, temporary.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW);
-    if !swapped_out.is_ok_and(|out| Identity::of(&pinned.stat).same_file(&out)) {
-        // Another start replaced it first (step 4).
-        swap_back(new);
         return Ok(Replaced::Retry);
     }
-    if !pinned.frozen && !only_readers_hold(&pinned) {
-        swap_back(new);
-        return Ok(Replaced::Retry);
-    }
-    match nix::unistd::unlinkat(
-        dir,
-        temporary.as_c_str(),
-        nix::unistd::UnlinkatFlags::NoRemoveDir,
-    ) {
+    match unlinkat(dir, temporary.as_c_str(), UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => {}
         Err(errno) => return Err(Error::io(path, "remove the replaced", errno)),
     }
+    drop(turn);
     Ok(Replaced::Locked(new))
 }
 
-/// Step 5: after the swap, whether the old file is still held by readers
+fn pinned_error(path: &Path, readers: Vec<Reader>) -> Error {
+    Error::Pinned {
+        path: path.to_owned(),
+        readers,
+    }
+}
+
+/// Step 6: after the swap, whether the old file is still held by readers
 /// alone. A shared lock on it now proves nobody holds it exclusively; else
 /// every exclusive holder must be a visible reader.
 fn only_readers_hold(pinned: &Pinned) -> bool {
@@ -161,7 +171,7 @@ fn only_readers_hold(pinned: &Pinned) -> bool {
     holders.exclusive.is_empty() && holders.readers.iter().any(|reader| !reader.shared)
 }
 
-/// Makes the new file under a temporary name and locks it (step 2);
+/// Makes the new file under a temporary name and locks it (step 4);
 /// `None` if it could not be locked (someone opened it first).
 fn create_temporary(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<Option<(CString, OwnedFd)>> {
     let flags = OFlag::O_RDWR
@@ -172,13 +182,7 @@ fn create_temporary(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<Option<(C
         | OFlag::O_NOCTTY;
     let me = Pid::current();
     for attempt in 0..TEMPORARY_NAMES {
-        let mut temporary = b".".to_vec();
-        temporary.extend_from_slice(name.to_bytes());
-        temporary.extend_from_slice(format!(".{me}.{attempt}.pidlock").as_bytes());
-        let temporary = CString::new(temporary).map_err(|_| Error::InvalidPath {
-            path: path.to_owned(),
-            reason: "it contains a NUL byte",
-        })?;
+        let temporary = beside(name, &format!(".{me}.{attempt}.pidlock"), path)?;
         let file = match retry_eintr(|| {
             openat(
                 dir,
@@ -192,16 +196,92 @@ fn create_temporary(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<Option<(C
             Err(errno) => return Err(Error::io(path, "create a replacement for", errno)),
         };
         if flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB).is_err() {
-            let _ = nix::unistd::unlinkat(
-                dir,
-                temporary.as_c_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            );
+            let _ = unlinkat(dir, temporary.as_c_str(), UnlinkatFlags::NoRemoveDir);
             return Ok(None);
         }
         return Ok(Some((temporary, file)));
     }
     Err(Error::io(path, "create a replacement for", Errno::EEXIST))
+}
+
+/// `.<name><suffix>`: a hidden name beside the PID file.
+fn beside(name: &CStr, suffix: &str, path: &Path) -> Result<CString> {
+    let mut bytes = b".".to_vec();
+    bytes.extend_from_slice(name.to_bytes());
+    bytes.extend_from_slice(suffix.as_bytes());
+    CString::new(bytes).map_err(|_| Error::InvalidPath {
+        path: path.to_owned(),
+        reason: "it contains a NUL byte",
+    })
+}
+
+/// A start's turn to replace (step 2): the replacement lock, held.
+struct Turn<'a> {
+    dir: &'a OwnedFd,
+    name: CString,
+    file: Option<OwnedFd>,
+    identity: Identity,
+}
+
+impl<'a> Turn<'a> {
+    /// Waits (boundedly) for the turn; `None` if it did not come, or if the
+    /// replacement lock is not ours to use (another user made it first, in
+    /// a directory everyone may write).
+    fn take(dir: &'a OwnedFd, name: &CStr, path: &Path) -> Result<Option<Self>> {
+        let name = beside(name, ".replace", path)?;
+        let deadline = Instant::now() + TURN_PATIENCE;
+        let flags =
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY;
+        let me = nix::unistd::geteuid().as_raw();
+        // The same protocol as the PID file: lock, then check that the name
+        // still names what we locked (a turn just over removes it).
+        while Instant::now() < deadline {
+            let file = match retry_eintr(|| {
+                openat(dir, name.as_c_str(), flags, Mode::from_bits_truncate(0o600))
+            }) {
+                Ok(file) => file,
+                Err(Errno::ENOENT) => continue,
+                Err(Errno::EACCES | Errno::ELOOP | Errno::EMLINK) => return Ok(None),
+                Err(errno) => return Err(Error::io(path, "open the replacement lock of", errno)),
+            };
+            let stat = fstat(&file).map_err(|errno| Error::io(path, "inspect", errno))?;
+            if stat.st_uid != me || sys::unsafe_kind(&stat).is_some() || stat.st_nlink > 1 {
+                return Ok(None);
+            }
+            let file = match waiting::lock_exclusive(file, Some(deadline)) {
+                Ok(Waited::Locked(file)) => file,
+                Ok(Waited::TimedOut) => return Ok(None),
+                Err(errno) => return Err(Error::io(path, "lock the replacement lock of", errno)),
+            };
+            let identity = Identity::of(&stat);
+            match fstatat(dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(now) if identity.same_file(&now) && now.st_nlink > 0 => {
+                    return Ok(Some(Self {
+                        dir,
+                        name,
+                        file: Some(file),
+                        identity,
+                    }));
+                }
+                Ok(_) | Err(Errno::ENOENT) => {}
+                Err(errno) => return Err(Error::io(path, "inspect", errno)),
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        // Removed while held, as a PID file is: a start waiting for it finds
+        // it gone once it gets the lock, and makes a new one.
+        let still_ours = fstatat(self.dir, self.name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|now| self.identity.same_file(&now));
+        if still_ours {
+            let _ = unlinkat(self.dir, self.name.as_c_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        drop(self.file.take());
+    }
 }
 
 /// The new file's `stat`, for the lock loop's check that the path names it.

@@ -272,6 +272,14 @@ fn state_in_stat(stat: &[u8]) -> Option<u8> {
         .and_then(|field| field.first().copied())
 }
 
+/// Whether `pid` runs the same executable as this process (`/proc/<pid>/exe`
+/// names the same file as `/proc/self/exe`).
+pub(crate) fn runs_this_executable(pid: Pid) -> bool {
+    let theirs = nix::sys::stat::stat(format!("/proc/{pid}/exe").as_str());
+    let ours = nix::sys::stat::stat("/proc/self/exe");
+    matches!((theirs, ours), (Ok(theirs), Ok(ours)) if Identity::of(&theirs) == Identity::of(&ours))
+}
+
 /// The command line of `pid`, its arguments joined by spaces, for messages.
 pub(crate) fn command_line(pid: Pid) -> Option<String> {
     let mut cmdline = Vec::new();

@@ -105,6 +105,11 @@ pub(crate) fn is_zombie(_pid: Pid) -> bool {
 }
 
 /// Not looked up outside Linux.
+pub(crate) fn runs_this_executable(_pid: Pid) -> bool {
+    false
+}
+
+/// Not looked up outside Linux.
 pub(crate) fn command_line(_pid: Pid) -> Option<String> {
     None
 }
