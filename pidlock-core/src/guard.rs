@@ -43,6 +43,7 @@ impl PidFileGuard {
         name: CString,
         locked: Locked,
         announce: bool,
+        resolved_in: Option<PathBuf>,
     ) -> Self {
         let identity = Identity::of(&locked.stat);
         let owner = Owner::current();
@@ -53,6 +54,7 @@ impl PidFileGuard {
             identity,
             owner: Arc::clone(&owner),
             path: path.clone(),
+            resolved_in,
             release_lines: announce.then(|| messages::release_lines(&path)),
         });
         Self {

@@ -204,6 +204,13 @@ impl PidLock {
             action: "resolve the absolute path of",
             source,
         })?;
+        // For the reports that name a held file: the same relative path
+        // started from another directory is another file, and another lock.
+        let resolved_in = if self.path.is_relative() {
+            std::env::current_dir().ok()
+        } else {
+            None
+        };
         let (parent, name) = sys::split(&path)?;
         let dir = sys::open_dir(parent, &path)?;
         if self.signals == Signals::Auto {
@@ -211,7 +218,7 @@ impl PidLock {
         }
         let announce = log_level.shows(Level::Info);
         if let Some(adopted) = restart::adopt(dir.as_fd(), &name) {
-            let guard = PidFileGuard::new(path, dir, name, adopted, announce);
+            let guard = PidFileGuard::new(path, dir, name, adopted, announce, resolved_in);
             if announce {
                 messages::kept_across_restart(guard.pid(), guard.path());
             }
@@ -229,7 +236,7 @@ impl PidLock {
                 &path,
             )?)
         };
-        let mut guard = PidFileGuard::new(path, dir, name, locked, announce);
+        let mut guard = PidFileGuard::new(path, dir, name, locked, announce, resolved_in);
         guard.write_pid()?;
         if log_level.shows(Level::Warning) {
             match previous {

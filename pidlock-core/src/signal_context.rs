@@ -83,6 +83,9 @@ pub(crate) struct Registration {
     pub(crate) owner: Arc<Owner>,
     /// For reports (never read in signal context).
     pub(crate) path: PathBuf,
+    /// For reports: the working directory a relative path was resolved
+    /// against; `None` when the path was given absolute.
+    pub(crate) resolved_in: Option<PathBuf>,
     /// The release lines, formatted when the lock was taken; `None` when the
     /// program asked for quiet.
     pub(crate) release_lines: Option<Box<[u8]>>,
