@@ -8,8 +8,11 @@
 //! the lock this process holds: if it holds one, the other poller is
 //! elsewhere, and the report says where to look.
 //!
-//! With the `teloxide` feature, [`InstanceConflictReport`] is also a ready
-//! teloxide `ErrorHandler` for the update listener.
+//! The error reaches only the update listener's error handler, never the
+//! handlers' (the dispatcher's `error_handler`). With the `teloxide`
+//! feature, [`teloxide::Dispatcher`] puts the report there for a bot, and
+//! [`InstanceConflictReport::handler`] is that error handler for a program
+//! that builds its own listener.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +22,64 @@ use crate::pid::Pid;
 use crate::signal_context;
 
 #[cfg(feature = "teloxide")]
+mod dispatch;
+#[cfg(feature = "teloxide")]
 mod teloxide_handler;
+
+pub mod teloxide {
+    //! A teloxide bot that runs as a single instance, with one changed line
+    //! (feature `teloxide`).
+    //!
+    //! Put the attribute above `main`, and start the dispatcher from this
+    //! module's [`Dispatcher`] instead of teloxide's; everything else stays as
+    //! teloxide's examples write it:
+    //!
+    //! ```no_run
+    //! # #[cfg(feature = "teloxide")] mod bot {
+    //! use teloxide::prelude::*;
+    //!
+    //! #[pidlock_core::single_instance(path = "data/bot.pid")]
+    //! #[tokio::main]
+    //! # pub
+    //! async fn main() {
+    //!     let bot = Bot::from_env();
+    //!     let handler = Update::filter_message().endpoint(|bot: Bot, msg: Message| async move {
+    //!         bot.send_message(msg.chat.id, "pong").await?;
+    //!         respond(())
+    //!     });
+    //!     pidlock_core::teloxide::Dispatcher::builder(bot, handler) // the changed line
+    //!         .enable_ctrlc_handler()
+    //!         .build()
+    //!         .dispatch()
+    //!         .await;
+    //! }
+    //! # }
+    //! # fn main() {}
+    //! ```
+    //!
+    //! [`Dispatcher::dispatch`] then:
+    //!
+    //! - stops the bot cleanly on SIGINT (Ctrl-C) and SIGTERM (`systemctl
+    //!   stop`, `docker stop`, `pidlock stop`), under load too: the update
+    //!   listener stops, the updates already fetched are handled and confirmed
+    //!   to Telegram (none is delivered twice), and `main` returns, which
+    //!   releases the lock. A second signal while stopping exits at once.
+    //! - writes the INSTANCE CONFLICT report when Telegram answers `getUpdates`
+    //!   with 409 (another poller uses the token): once in full, then a line
+    //!   per 409. Other listener errors are logged as teloxide logs them.
+    //! - restarts the bot in place, keeping the lock (see
+    //!   [`crate::restart`]), when a handler asks for it through [`Restart`].
+    //!
+    //! The pidlock-core dependency needs the `teloxide` feature, which also
+    //! turns on the tokio features this needs:
+    //! `pidlock-core = { version = "0.1", features = ["teloxide"] }`.
+
+    pub use super::ListenerErrorHandler;
+    #[cfg(feature = "teloxide")]
+    pub use super::dispatch::{Dispatcher, DispatcherBuilder, Restart};
+    #[cfg(feature = "teloxide")]
+    pub use super::teloxide_handler::UpdateListenerErrors;
+}
 
 /// Markers of the conflict in the forms an error reaches a handler: the API's
 /// description (teloxide's `Display`), and teloxide's variant name (`Debug`).
@@ -67,6 +127,34 @@ impl InstanceConflictReport {
         Self::default()
     }
 
+    /// The report as a teloxide update listener's error handler (feature
+    /// `teloxide`), for a program that builds its own listener. Other
+    /// listener errors are logged as teloxide's `dispatch()` logs them. A
+    /// bot that starts from [`teloxide::Dispatcher`] has it already.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "teloxide")] mod bot {
+    /// # use teloxide::prelude::*;
+    /// # async fn run(bot: Bot, mut dispatcher: Dispatcher<Bot, teloxide::RequestError, teloxide::dispatching::DefaultKey>) {
+    /// use pidlock_core::InstanceConflictReport;
+    ///
+    /// let listener = teloxide::update_listeners::polling_default(bot).await;
+    /// dispatcher
+    ///     .dispatch_with_listener(listener, InstanceConflictReport::handler())
+    ///     .await;
+    /// # }
+    /// # }
+    /// ```
+    ///
+    /// It is the listener's handler only: passed to the dispatcher's
+    /// `error_handler`, which sees the handlers' errors and never the 409,
+    /// it does not compile, and the compiler says what to do instead (see
+    /// [`teloxide::ListenerErrorHandler`]).
+    #[must_use]
+    pub fn handler<H: ListenerErrorHandler>() -> H {
+        H::new_handler()
+    }
+
     /// True if `error` is the conflict, after writing the report (to stderr
     /// and, with the features on, to `log`/`tracing`).
     pub fn check(&self, error: &str) -> bool {
@@ -86,6 +174,43 @@ impl InstanceConflictReport {
         }
         true
     }
+}
+
+/// What [`InstanceConflictReport::handler`] returns: the update listener's
+/// error handler, `Arc<UpdateListenerErrors>` (feature `teloxide`).
+///
+/// Nothing else implements it, so that the handler cannot be passed where
+/// Telegram's 409 never arrives. teloxide's `DispatcherBuilder::error_handler`
+/// takes the handlers' error hook; given `InstanceConflictReport::handler()`,
+/// the program does not compile, and the error says where the report goes.
+/// Without pidlock-core's `teloxide` feature the error names the feature.
+#[cfg_attr(
+    feature = "teloxide",
+    diagnostic::on_unimplemented(
+        message = "`InstanceConflictReport::handler()` is the update listener's error handler, not `{Self}`",
+        label = "the dispatcher's `error_handler` sees the handlers' errors only; Telegram's 409 never reaches it",
+        note = "drop this `error_handler`: `pidlock_core::teloxide::Dispatcher::builder(bot, handler)`, in place of teloxide's `Dispatcher::builder`, reports the 409 from the update listener",
+        note = "with an update listener of your own: `dispatcher.dispatch_with_listener(listener, InstanceConflictReport::handler())`"
+    )
+)]
+#[cfg_attr(
+    not(feature = "teloxide"),
+    diagnostic::on_unimplemented(
+        message = "`InstanceConflictReport::handler()` is a teloxide error handler, which needs pidlock-core's `teloxide` feature",
+        label = "needs the `teloxide` feature",
+        note = "in Cargo.toml: pidlock-core = {{ version = \"0.1\", features = [\"teloxide\"] }}"
+    )
+)]
+pub trait ListenerErrorHandler: sealed::Sealed {
+    #[doc(hidden)]
+    fn new_handler() -> Self
+    where
+        Self: Sized;
+}
+
+/// Keeps [`ListenerErrorHandler`] to the one type this crate gives it.
+mod sealed {
+    pub trait Sealed {}
 }
 
 /// What this process holds, as the report names it.
