@@ -35,7 +35,7 @@ impl Bot {
     /// The standby: the same echo bot with `on_conflict = "wait"`.
     fn start_standby(api: &BotApi, dir: &Path, pid_file: &Path) -> Self {
         let program = env!("CARGO_BIN_EXE_teloxide-bot-standby");
-        Self::spawn(command_for(program, api, dir, pid_file))
+        Self::spawn(command_for(program, api.url(), dir, pid_file))
     }
 
     /// The bot with the attribute's own `path = "data/bot.pid"`, relative to
@@ -159,15 +159,15 @@ impl Drop for Bot {
 }
 
 fn command(api: &BotApi, dir: &Path, pid_file: &Path) -> Command {
-    command_for(env!("CARGO_BIN_EXE_teloxide-bot"), api, dir, pid_file)
+    command_for(env!("CARGO_BIN_EXE_teloxide-bot"), api.url(), dir, pid_file)
 }
 
-fn command_for(program: &str, api: &BotApi, dir: &Path, pid_file: &Path) -> Command {
+fn command_for(program: &str, api_url: &str, dir: &Path, pid_file: &Path) -> Command {
     let mut command = Command::new(program);
     command
         .current_dir(dir)
         .env("TELOXIDE_TOKEN", "123456:TEST-TOKEN")
-        .env("TELEGRAM_API_URL", api.url())
+        .env("TELEGRAM_API_URL", api_url)
         .env("BOT_PID_FILE", pid_file)
         .env_remove("TELOXIDE_PROXY")
         .stdin(Stdio::null())
@@ -630,4 +630,25 @@ fn telegram_a_second_signal_while_a_handler_hangs_exits_at_once() {
         "{stderr}"
     );
     eprintln!("second SIGINT: exited in {took:?}");
+}
+
+/// A bot that cannot reach Telegram at the start (here: nothing listens at
+/// the API's address) ends as teloxide's `dispatch` does, by a panic, and
+/// the panic says why; unwinding through `main` removes the PID file.
+#[test]
+fn telegram_unreachable_api_ends_the_bot_with_the_reason_and_removes_the_pid_file() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    let (dir, pid_file) = scratch();
+    let program = env!("CARGO_BIN_EXE_teloxide-bot");
+    let mut bot = Bot::spawn(command_for(program, &url, dir.path(), &pid_file));
+    let status = bot.wait_exit("the bot did not give up");
+    let stderr = bot.stderr();
+    assert_eq!(status.code(), Some(101), "{status:?}\n{stderr}");
+    assert!(
+        stderr.contains("the bot cannot start: Telegram's getMe failed (A network error: "),
+        "{stderr}"
+    );
+    assert!(!pid_file.exists(), "the PID file was left behind");
 }

@@ -227,7 +227,9 @@ where
     /// [`try_dispatch`]: Self::try_dispatch
     pub async fn dispatch(&mut self) {
         if let Err(error) = self.try_dispatch().await {
-            panic!("cannot start dispatching: getMe failed: {error}");
+            panic!(
+                "the bot cannot start: Telegram's getMe failed ({error}); check the bot's token and the network"
+            );
         }
     }
 
@@ -373,8 +375,8 @@ impl Watch {
         // calls first, sees it is no longer installed and does nothing.
         // tokio needs its I/O driver for this; teloxide's HTTP client needs
         // it too, so a runtime that runs teloxide has it.
-        let interrupt = listen(SignalKind::interrupt());
-        let terminate = listen(SignalKind::terminate());
+        let interrupt = listen(Signal::SIGINT, SignalKind::interrupt());
+        let terminate = listen(Signal::SIGTERM, SignalKind::terminate());
         tokio::spawn(watch_signals(Arc::clone(&watch), interrupt, terminate));
         watch
     }
@@ -430,18 +432,17 @@ impl Watch {
     }
 }
 
-/// A tokio listener for `kind`, or `None` (said once) if it cannot be had:
-/// the signal then keeps pidlock's handling (the file is removed and the
-/// signal ends the program), without the clean stop.
-fn listen(kind: SignalKind) -> Option<unix_signal::Signal> {
+/// A tokio listener for `signal`, or `None` (said once) if it cannot be
+/// had: the signal then keeps pidlock's handling (the file is removed and
+/// the signal ends the program), without the clean stop.
+fn listen(signal: Signal, kind: SignalKind) -> Option<unix_signal::Signal> {
     match unix_signal::signal(kind) {
         Ok(listener) => Some(listener),
         Err(error) => {
             messages::emit(
                 Level::Error,
                 &format!(
-                    "cannot listen for signal {} ({error}): it will end the bot without confirming the updates it handled.",
-                    kind.as_raw_value()
+                    "cannot listen for {signal} ({error}): it will end the bot without confirming the updates it handled."
                 ),
             );
             None
@@ -502,7 +503,7 @@ async fn watch_signals(
 /// is removed by pidlock's `atexit` hook.
 fn exit_now(signal: Signal, stopping: bool) -> ! {
     let when = if stopping {
-        "while the bot was stopping: exiting now, without waiting for its handlers (updates not yet confirmed are delivered again at the next start)"
+        "while the bot was stopping: exiting now, without waiting for the handlers still running"
     } else {
         "after the bot stopped: exiting now"
     };
