@@ -56,8 +56,10 @@
 //! - `postgres`: the lock across hosts (`PgLock`, the attribute's `url`
 //!   and `key`).
 //! - `telegram` (default): Telegram's 409 "another poller" error recognised
-//!   and explained ([`InstanceConflictReport`]); `teloxide` adds a ready
-//!   teloxide `ErrorHandler` for it.
+//!   and explained ([`InstanceConflictReport`]).
+//! - `teloxide`: a teloxide bot as a single instance with one changed line
+//!   ([`teloxide::Dispatcher`]: a clean stop on SIGINT and SIGTERM, the 409
+//!   report, `/restart`).
 
 // The layers, bottom up: each module imports (`crate::name`) only modules
 // listed before it here, so imports run one way (tests/layers.rs checks it;
@@ -117,7 +119,7 @@ pub use status::{Status, status};
 pub use stop::{Escalation, Stop, StopSignal, Stopped, wait_until_free};
 pub use systemd::notify_socket;
 #[cfg(feature = "telegram")]
-pub use telegram::{InstanceConflictReport, is_instance_conflict};
+pub use telegram::{InstanceConflictReport, is_instance_conflict, teloxide};
 
 /// What `#[single_instance]` expands to. Not a public API: it changes with the
 /// macro, which pins this crate's exact version.

@@ -199,3 +199,87 @@ fn bad_usage_exits_2_with_the_usage() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("usage: pidlock status PATH"), "{stderr}");
 }
+
+/// Whether `/proc/locks` shows a process waiting for a `flock` on `path`.
+fn someone_waits_for(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let inode = format!(":{} ", meta.ino());
+    std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .lines()
+        .any(|line| line.contains("-> FLOCK") && line.contains(&inode))
+}
+
+/// The holder dies of SIGTERM without removing its file, a standby waiting
+/// for the lock takes it on the same inode, and `stop --kill` reports the
+/// holder stopped and the standby as the holder now, never signalling it.
+#[test]
+fn stop_reports_the_standby_that_took_over_and_never_signals_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    let mut holder = Holder::start(&path, HolderOptions::default());
+    let standby_path = path.clone();
+    let standby =
+        std::thread::spawn(move || Holder::start(&standby_path, HolderOptions::default()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !someone_waits_for(&path) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby never waited"
+        );
+        std::thread::yield_now();
+    }
+    let (output, stdout, stderr) = pidlock(&["stop", "--timeout", "2s", "--kill"], &path);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    let standby = standby.join().unwrap();
+    let stopped = format!("{}: PID {} stopped", path.display(), holder.pid);
+    let took_over = format!("{stopped}; the lock is now held by PID {}\n", standby.pid);
+    assert!(
+        stdout == format!("{stopped}\n") || stdout == took_over,
+        "{stdout}"
+    );
+    assert_eq!(holder.death(), Some(Signal::SIGTERM));
+    assert!(standby.running(), "the standby was signalled");
+}
+
+/// A file nobody runs under, held open with a shared lock by a reader: not
+/// running (LSB 1), and the reader is named as what it is.
+#[test]
+fn status_names_a_reader_as_a_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.pid");
+    std::fs::write(&path, "2147483646\n").unwrap();
+    let mut reader = Command::new("flock")
+        .arg("-s")
+        .arg(&path)
+        .args(["sh", "-c", "echo locked; exec cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(reader.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "locked\n");
+    let (output, stdout, _) = pidlock(&["status"], &path);
+    drop(reader.stdin.take());
+    let _ = reader.wait();
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("not running, but the PID file remains (PID 2147483646)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "  held open by a reader, not an instance: PID {} (user root (uid 0): flock -s ",
+            reader.id()
+        )) || !nix::unistd::geteuid().is_root(),
+        "{stdout}"
+    );
+}

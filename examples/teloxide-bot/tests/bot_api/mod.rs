@@ -12,6 +12,11 @@
 //! teloxide drops its in-flight `getUpdates` when it stops; Telegram then
 //! forgets that request, and so does this double, instead of answering it
 //! with a 409 nobody reads.
+//!
+//! A `getUpdates` returns at most 100 updates, Telegram's default and
+//! largest `limit`, so a burst arrives in batches as it does from Telegram.
+//! Replies can be held back ([`BotApi::hold_replies`]) to keep a handler
+//! busy for as long as a test needs.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
@@ -38,11 +43,16 @@ const KNOWN: [&str; 5] = [
 /// so that a bot's shutdown (which waits for the pending poll) stays quick.
 const LONGEST_POLL: Duration = Duration::from_secs(1);
 
+/// Telegram's default and largest `getUpdates` limit.
+const TELEGRAM_LIMIT: usize = 100;
+
 /// One request the double received.
 #[derive(Clone, Debug)]
 pub struct Call {
     pub method: String,
     pub params: Value,
+    /// When the double read it.
+    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -55,6 +65,8 @@ struct Inner {
     pending_poll: Option<u64>,
     next_poll: u64,
     terminated: HashSet<u64>,
+    /// Whether `sendMessage` answers wait (see [`BotApi::hold_replies`]).
+    holding_replies: bool,
 }
 
 #[derive(Default)]
@@ -108,26 +120,41 @@ impl BotApi {
 
     /// A user's message in a private chat, delivered by the next `getUpdates`.
     pub fn inject_message(&self, chat_id: i64, text: &str) -> i64 {
+        self.inject_messages(chat_id, [text.to_owned()])[0]
+    }
+
+    /// Messages that arrive at once (a burst): all of them are there for the
+    /// next `getUpdates`. Returns their update ids.
+    pub fn inject_messages(
+        &self,
+        chat_id: i64,
+        texts: impl IntoIterator<Item = String>,
+    ) -> Vec<i64> {
         let mut inner = self.state.lock();
-        inner.next_update_id += 1;
-        inner.next_message_id += 1;
-        let update_id = inner.next_update_id;
-        let mut message = json!({
-            "message_id": inner.next_message_id,
-            "date": now(),
-            "chat": {"id": chat_id, "type": "private", "first_name": "Tester"},
-            "from": {"id": chat_id, "is_bot": false, "first_name": "Tester"},
-            "text": text,
-        });
-        if text.starts_with('/') {
-            let length = text.split_whitespace().next().map_or(0, str::len);
-            message["entities"] = json!([{"type": "bot_command", "offset": 0, "length": length}]);
+        let mut ids = Vec::new();
+        for text in texts {
+            inner.next_update_id += 1;
+            inner.next_message_id += 1;
+            let update_id = inner.next_update_id;
+            let mut message = json!({
+                "message_id": inner.next_message_id,
+                "date": now(),
+                "chat": {"id": chat_id, "type": "private", "first_name": "Tester"},
+                "from": {"id": chat_id, "is_bot": false, "first_name": "Tester"},
+                "text": text,
+            });
+            if text.starts_with('/') {
+                let length = text.split_whitespace().next().map_or(0, str::len);
+                message["entities"] =
+                    json!([{"type": "bot_command", "offset": 0, "length": length}]);
+            }
+            inner
+                .updates
+                .push(json!({"update_id": update_id, "message": message}));
+            ids.push(update_id);
         }
-        inner
-            .updates
-            .push(json!({"update_id": update_id, "message": message}));
         self.state.changed.notify_all();
-        update_id
+        ids
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -141,6 +168,18 @@ impl BotApi {
             .iter()
             .filter(|call| call.method == method)
             .count()
+    }
+
+    /// Updates not confirmed yet: a bot that starts now gets them.
+    pub fn pending(&self) -> usize {
+        self.state.lock().updates.len()
+    }
+
+    /// While on, `sendMessage` calls are recorded but not answered, so the
+    /// handler that made one stays busy; turning it off answers them.
+    pub fn hold_replies(&self, hold: bool) {
+        self.state.lock().holding_replies = hold;
+        self.state.changed.notify_all();
     }
 
     /// How many `getUpdates` were answered with 409.
@@ -196,6 +235,7 @@ fn serve(state: &State, stream: TcpStream) {
         return;
     };
     let mut reader = BufReader::new(reading);
+    let _ = stream.set_nodelay(true);
     let mut writer = stream;
     while let Some((path, body)) = read_request(&mut reader) {
         let Some((status, answer)) = answer(state, &path, &body, &writer) else {
@@ -203,15 +243,14 @@ fn serve(state: &State, stream: TcpStream) {
         };
         let body = answer.to_string();
         let reason = if status == 200 { "OK" } else { "Error" };
-        let head = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        // One write, as a server does: a head and a body written apart wait
+        // for the client's delayed ACK (Nagle), 40 ms an answer on Linux,
+        // which no real Bot API server adds.
+        let response = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        if writer
-            .write_all(head.as_bytes())
-            .and_then(|()| writer.write_all(body.as_bytes()))
-            .is_err()
-        {
+        if writer.write_all(response.as_bytes()).is_err() {
             return;
         }
     }
@@ -271,6 +310,7 @@ fn answer(state: &State, path: &str, body: &str, stream: &TcpStream) -> Option<(
         inner.calls.push(Call {
             method: method.clone(),
             params: params.clone(),
+            at: Instant::now(),
         });
         state.changed.notify_all();
     }
@@ -288,6 +328,16 @@ fn answer(state: &State, path: &str, body: &str, stream: &TcpStream) -> Option<(
         "getUpdates" => return get_updates(state, &params, stream),
         "sendMessage" => {
             let mut inner = state.lock();
+            while inner.holding_replies {
+                if hung_up(stream) {
+                    return None;
+                }
+                inner = state
+                    .changed
+                    .wait_timeout(inner, Duration::from_millis(20))
+                    .map(|(inner, _)| inner)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+            }
             inner.next_message_id += 1;
             ok(json!({
                 "message_id": inner.next_message_id,
@@ -314,7 +364,7 @@ fn get_updates(state: &State, params: &Value, stream: &TcpStream) -> Option<(u16
     let offset = params["offset"].as_i64().unwrap_or(0);
     let limit = params["limit"]
         .as_u64()
-        .map_or(usize::MAX, |limit| limit as usize);
+        .map_or(TELEGRAM_LIMIT, |limit| (limit as usize).min(TELEGRAM_LIMIT));
     let timeout = Duration::from_secs(params["timeout"].as_u64().unwrap_or(0)).min(LONGEST_POLL);
     let deadline = Instant::now() + timeout;
     let mut inner = state.lock();
