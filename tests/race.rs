@@ -2,15 +2,12 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
-use nix::sys::time::TimeSpec;
-use nix::time::{ClockId, ClockNanosleepFlags, clock_gettime, clock_nanosleep};
 
 const PROCESSES: usize = 12;
 const ROUNDS: usize = 25;
@@ -32,31 +29,25 @@ fn simultaneous_starts_have_one_winner_per_round_and_never_overlap() {
     let pid_file = dir.path().join("app.pid");
     let log = dir.path().join("holders.log");
     for round in 0..ROUNDS {
-        // Every child is forked first and then sleeps until the same instant
-        // of the shared monotonic clock before it execs: they start together.
-        let go = clock_gettime(ClockId::CLOCK_MONOTONIC).unwrap()
-            + TimeSpec::from(Duration::from_millis(50));
+        // Every child is forked first and waits at the gate before it
+        // execs: they start together.
+        let gate = StartingGate::new();
         let children: Vec<_> = (0..PROCESSES)
             .map(|_| {
-                let mut command = fixture(dir.path(), &pid_file);
-                command.arg("race").arg(&log);
-                // SAFETY: clock_nanosleep is async-signal-safe, as required
-                // between fork and exec.
-                unsafe {
-                    command.pre_exec(move || {
-                        while clock_nanosleep(
-                            ClockId::CLOCK_MONOTONIC,
-                            ClockNanosleepFlags::TIMER_ABSTIME,
-                            &go,
-                        )
-                        .is_err()
-                        {}
-                        Ok(())
-                    });
-                }
+                let mut command = gate.command(
+                    Path::new(env!("CARGO_BIN_EXE_fixture-holder")),
+                    &["race".as_ref(), log.as_os_str()],
+                );
+                command
+                    .current_dir(dir.path())
+                    .env("PIDLOCK_TEST_PID_FILE", &pid_file)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
                 command.spawn().unwrap()
             })
             .collect();
+        gate.open();
         let mut winners = 0;
         for child in children {
             let output = child.wait_with_output().unwrap();

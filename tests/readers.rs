@@ -8,15 +8,11 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
-use nix::sys::time::TimeSpec;
-use nix::time::{ClockId, ClockNanosleepFlags, clock_gettime, clock_nanosleep};
 use pidlock_core::Status;
 
 /// The user `nobody`.
@@ -212,29 +208,24 @@ fn simultaneous_starts_on_a_pinned_file_have_one_winner_and_never_overlap() {
     for round in 0..ROUNDS {
         std::fs::write(&case.pid_file, "999999\n").unwrap();
         let reader = Reader::hold(&case.pid_file, if round % 2 == 0 { "-s" } else { "-x" });
-        let go = clock_gettime(ClockId::CLOCK_MONOTONIC).unwrap()
-            + TimeSpec::from(Duration::from_millis(50));
+        let gate = StartingGate::new();
         let children: Vec<_> = (0..STARTS)
             .map(|_| {
-                let mut command = case.holder(&["race", &log.display().to_string()]);
-                command.stdout(Stdio::null());
-                // SAFETY: clock_nanosleep is async-signal-safe, as required
-                // between fork and exec.
-                unsafe {
-                    command.pre_exec(move || {
-                        while clock_nanosleep(
-                            ClockId::CLOCK_MONOTONIC,
-                            ClockNanosleepFlags::TIMER_ABSTIME,
-                            &go,
-                        )
-                        .is_err()
-                        {}
-                        Ok(())
-                    });
-                }
+                let mut command = gate.command(
+                    Path::new(env!("CARGO_BIN_EXE_fixture-holder")),
+                    &["race".as_ref(), log.as_os_str()],
+                );
+                command
+                    .current_dir(case.dir.path())
+                    .env("PIDLOCK_TEST_PID_FILE", &case.pid_file)
+                    .env_remove("PIDLOCK_LOG")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
                 command.spawn().unwrap()
             })
             .collect();
+        gate.open();
         let mut winners = 0;
         for child in children {
             let output = child.wait_with_output().unwrap();

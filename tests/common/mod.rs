@@ -370,3 +370,58 @@ impl Drop for PrivateMounts {
         let _ = self.holder.wait();
     }
 }
+
+/// Starts processes at one instant: each is started through a shell that
+/// waits until the test opens the gate (closes the write end of a pipe the
+/// shells read from), then execs the program. Unlike a start time picked in
+/// advance, a loaded machine that is slow to start them all cannot make one
+/// start late. (The wait cannot sit between fork and exec: `spawn` returns
+/// only once the child has exec'd.)
+pub struct StartingGate {
+    read: std::os::fd::OwnedFd,
+    write: Option<std::os::fd::OwnedFd>,
+}
+
+impl StartingGate {
+    pub fn new() -> Self {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2");
+        Self {
+            read,
+            write: Some(write),
+        }
+    }
+
+    /// `program args`, started when the gate opens; the rest of the
+    /// command (directory, environment, stdio) is set on what this returns.
+    pub fn command(&self, program: &Path, args: &[&std::ffi::OsStr]) -> Command {
+        use std::os::fd::AsRawFd;
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "read -r gate <&3; exec \"$0\" \"$@\""])
+            .arg(program)
+            .args(args);
+        let read = self.read.as_raw_fd();
+        // SAFETY: dup2 and fcntl are async-signal-safe, as required between
+        // fork and exec. The shell gets the read end as fd 3, without
+        // close-on-exec (dup2 onto itself would keep the flag: clear it).
+        unsafe {
+            command.pre_exec(move || {
+                let done = if read == 3 {
+                    nix::libc::fcntl(3, nix::libc::F_SETFD, 0)
+                } else {
+                    nix::libc::dup2(read, 3)
+                };
+                if done < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
+    }
+
+    /// Lets every waiting command go.
+    pub fn open(mut self) {
+        drop(self.write.take());
+    }
+}
