@@ -53,8 +53,10 @@
 //! - `log`, `tracing`: pidlock's lines become records with target `pidlock`
 //!   when the program installed a logger or subscriber (each line goes to
 //!   one place: a `tracing` subscriber, else a `log` logger, else stderr).
-//! - `postgres`: the lock across hosts (`PgLock`, the attribute's `url`
-//!   and `key`).
+//! - `postgres`, `redis`: the lock across hosts, in PostgreSQL (`PgLock`)
+//!   or Redis (`RedisLock`); the attribute's `url` picks the engine by its
+//!   scheme (`postgres://`, `redis://`, `rediss://`). The engine's code is
+//!   linked only into programs that use `url` or the engine's type.
 //! - `telegram` (default): Telegram's 409 "another poller" error recognised
 //!   and explained ([`InstanceConflictReport`]); `teloxide` adds a ready
 //!   teloxide `ErrorHandler` for it.
@@ -69,7 +71,8 @@
 // layer: process, holders           other processes, and who holds a lock
 // layer: systemd, messages          what is said, and where
 // layer: waiting, policy            waiting for and taking over a lock
-// layer: postgres                   the lock across hosts
+// layer: remote                     what every lock across hosts shares
+// layer: postgres, redis            the engines across hosts
 // layer: restart                    keeping the locks across exec
 // layer: signals, guard, lockfile   the PID-file lock and its guard
 // layer: status, ops, daemon        a lock looked at and acted on from outside
@@ -88,6 +91,10 @@ mod policy;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod process;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+mod remote;
 mod restart;
 mod signal_context;
 mod signals;
@@ -98,9 +105,15 @@ mod systemd;
 mod telegram;
 mod waiting;
 
+#[cfg(feature = "postgres")]
+pub use crate::postgres::{PgGuard, PgLock};
+#[cfg(feature = "redis")]
+pub use crate::redis::{RedisGuard, RedisLock};
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub use crate::remote::{LOST_LOCK_EXIT_CODE, RemoteGuard, fencing_term};
 pub use daemon::daemonized;
 pub use entry::default_path;
-pub use error::{Error, FileKind, Holder, Result};
+pub use error::{Error, FileKind, Holder, Result, Service};
 pub use guard::{PidFileGuard, held_pid_files};
 pub use lockfile::PidLock;
 pub use messages::{LogLevel, ParseLogLevelError};
@@ -108,8 +121,6 @@ pub use ops::{StopSignal, Stopped, stop, stop_with, wait_until_free};
 pub use pid::Pid;
 pub use pidlock_macros::single_instance;
 pub use policy::OnConflict;
-#[cfg(feature = "postgres")]
-pub use postgres::{LOST_LOCK_EXIT_CODE, PgGuard, PgLock, fencing_term};
 pub use restart::restart;
 pub use signals::Signals;
 pub use status::{Status, status};
