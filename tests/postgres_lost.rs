@@ -163,7 +163,7 @@ fn postgres_idle_session_timeout_of_the_database_does_not_end_the_holders_sessio
     let backend = holder_backend(&mut admin, &key).expect("the holder still holds the key");
     let idle: String = admin
         .query_one(
-            "SELECT setting FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+            "SELECT setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
                WHERE d.datname = 'postgres'",
             &[],
         )

@@ -368,3 +368,37 @@ impl Drop for InstanceGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_with_takeover_is_refused_before_the_local_lock_is_taken() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bot.pid");
+        let entry = Entry::new(None, "bot")
+            .path(&path)
+            .url("redis://127.0.0.1:1/0")
+            .takeover(None);
+        match entry.acquire() {
+            Err(Error::RemoteConfig { reason }) => {
+                assert!(reason.contains("works on one host only"), "{reason}")
+            }
+            other => panic!("expected RemoteConfig, got {other:?}"),
+        }
+        assert!(!path.exists(), "the local lock was taken");
+    }
+
+    #[cfg(any(feature = "postgres", feature = "redis"))]
+    #[test]
+    fn an_unknown_scheme_names_the_engines() {
+        let entry = Entry::new(None, "bot").url("mysql://db/bot");
+        match entry.acquire() {
+            Err(Error::RemoteConfig { reason }) => {
+                assert!(reason.contains("\"mysql://\" names no engine"), "{reason}")
+            }
+            other => panic!("expected RemoteConfig, got {other:?}"),
+        }
+    }
+}

@@ -307,18 +307,15 @@ impl Conn {
                 auth.arg(user);
             }
             auth.arg(password);
-            match conn.call(&auth, deadline)? {
-                Value::ServerError(error) => {
-                    return Err(format!(
-                        "the server refused the password{}: {}",
-                        target
-                            .user
-                            .as_ref()
-                            .map_or_else(String::new, |user| format!(" of user \"{user}\"")),
-                        server_error_text(&error)
-                    ));
-                }
-                _ => {}
+            if let Value::ServerError(error) = conn.call(&auth, deadline)? {
+                return Err(format!(
+                    "the server refused the password{}: {}",
+                    target
+                        .user
+                        .as_ref()
+                        .map_or_else(String::new, |user| format!(" of user \"{user}\"")),
+                    server_error_text(&error)
+                ));
             }
         }
         if target.db != 0 {
