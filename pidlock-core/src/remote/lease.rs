@@ -53,7 +53,7 @@ pub const LOST_LOCK_EXIT_CODE: i32 = 70;
 pub(crate) trait Keeper: Send + 'static {
     /// Waits up to `timeout` for the next heartbeat. `Err` when the server
     /// has meanwhile let go of the lock (an engine whose lock is not a
-    /// session just sleeps).
+    /// session parks: a release unparks it).
     fn idle(&mut self, timeout: Duration) -> Result<(), Lost>;
 
     /// One confirmation round trip. `Ok(true)`: the server confirmed that
@@ -102,6 +102,9 @@ impl Shared {
 pub(crate) struct Lease {
     shared: Arc<Shared>,
     watchdog: Thread,
+    /// Unparked by a release, so that a keeper waiting in
+    /// [`Keeper::idle`] by parking notices at once.
+    keeper: Thread,
     released: mpsc::Receiver<()>,
 }
 
@@ -146,15 +149,19 @@ impl Lease {
                     let _ = released_send.send(());
                 })
         };
-        if let Err(error) = keeping {
-            // The closure, and with it the keeper, is gone already.
-            shared.released.store(true, Ordering::SeqCst);
-            watchdog.unpark();
-            return Err(error);
-        }
+        let keeper = match keeping {
+            Ok(handle) => handle.thread().clone(),
+            Err(error) => {
+                // The closure, and with it the keeper, is gone already.
+                shared.released.store(true, Ordering::SeqCst);
+                watchdog.unpark();
+                return Err(error);
+            }
+        };
         Ok(Self {
             shared,
             watchdog,
+            keeper,
             released,
         })
     }
@@ -166,6 +173,7 @@ impl Lease {
     pub(crate) fn release(&self) {
         self.shared.released.store(true, Ordering::SeqCst);
         self.watchdog.unpark();
+        self.keeper.unpark();
         let _ = self.released.recv_timeout(DROP_PATIENCE);
     }
 }
