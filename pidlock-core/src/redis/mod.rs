@@ -264,6 +264,8 @@ impl RedisLock {
         // Whether this process saw the lock held: if the server then has no
         // record of it at all, it lost its data under that holder.
         let mut saw_holder = false;
+        // Who held it when we last looked, for a wait that times out.
+        let mut last_seen: Option<Holding> = None;
         let (conn, value, previous, last_sent) = loop {
             let open = match conn.take() {
                 Some(open) => open,
@@ -272,7 +274,7 @@ impl RedisLock {
                     Err(_) => {
                         // Waiting, and the server went away: keep waiting
                         // (bounded by the timeout), as a standby should.
-                        self.pause_or_time_out(deadline, started, None)?;
+                        self.pause_or_time_out(deadline, started, last_seen.as_ref())?;
                         continue;
                     }
                 },
@@ -291,7 +293,7 @@ impl RedisLock {
                 Ok(other) => return Err(self.unexpected(&other)),
                 Err(reason) if !saw_holder => return Err(self.error(reason)),
                 Err(_) => {
-                    self.pause_or_time_out(deadline, started, None)?;
+                    self.pause_or_time_out(deadline, started, last_seen.as_ref())?;
                     continue;
                 }
             };
@@ -338,6 +340,7 @@ impl RedisLock {
                 }
                 wait = wait.min(left);
             }
+            last_seen = Some(holding);
             if wait.is_zero() {
                 conn = Some(open);
                 continue;
