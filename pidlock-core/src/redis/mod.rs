@@ -290,8 +290,15 @@ impl RedisLock {
             );
             let fields = match reply {
                 Ok(Value::Array(fields)) => fields,
-                Ok(other) => return Err(self.unexpected(&other)),
+                Ok(other) if !saw_holder => return Err(self.unexpected(&other)),
                 Err(reason) if !saw_holder => return Err(self.error(reason)),
+                // A standby rides out what a restart or a failover says on
+                // the way (LOADING, READONLY, a closed connection).
+                Ok(_) => {
+                    conn = Some(open);
+                    self.pause_or_time_out(deadline, started, last_seen.as_ref())?;
+                    continue;
+                }
                 Err(_) => {
                     self.pause_or_time_out(deadline, started, last_seen.as_ref())?;
                     continue;
