@@ -7,18 +7,16 @@
 //! Without `pgbouncer` these tests say so and pass, except under `CI=true`.
 #![cfg(feature = "postgres")]
 
-mod pg_server;
+mod servers;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use pg_server::{
-    DEADLINE, PgServer, Process, Setup, as_server_user, chown_to_server_user, engine, free_port,
-    require, unique_key,
-};
 use pidlock_core::{Error, PgLock};
+use servers::postgres::{PgServer, Setup, as_server_user, chown_to_server_user};
+use servers::{DEADLINE, Process, engine, free_port, require, unique_key};
 
 const POOLER_ERROR: &str = "use a direct or session-mode connection";
 
@@ -110,7 +108,10 @@ fn setup() -> Option<(PathBuf, PgServer)> {
 }
 
 fn refusal(url: &str, key: &str) -> String {
-    match PgLock::new(url, key).quiet(true).acquire() {
+    match PgLock::new(url, key)
+        .log_level(pidlock_core::LogLevel::Warn)
+        .acquire()
+    {
         Err(Error::Remote { reason, .. }) => reason,
         other => panic!("expected the pooler to be refused, got {other:?}"),
     }
@@ -176,10 +177,13 @@ fn postgres_session_pooling_works_like_a_direct_connection() {
     let bouncer = PgBouncer::start(&binary, &server, "session", 3);
     let key = unique_key("session-pool");
     let first = PgLock::new(bouncer.url(), &key)
-        .quiet(true)
+        .log_level(pidlock_core::LogLevel::Warn)
         .acquire()
         .expect("first holder");
-    match PgLock::new(bouncer.url(), &key).quiet(true).acquire() {
+    match PgLock::new(bouncer.url(), &key)
+        .log_level(pidlock_core::LogLevel::Warn)
+        .acquire()
+    {
         Err(error @ Error::RemoteHeld { .. }) => {
             let text = error.to_string();
             eprintln!("second through the session pooler: {text}");
@@ -192,7 +196,7 @@ fn postgres_session_pooling_works_like_a_direct_connection() {
     }
     drop(first);
     let again = PgLock::new(bouncer.url(), &key)
-        .quiet(true)
+        .log_level(pidlock_core::LogLevel::Warn)
         .acquire()
         .expect("after release");
     drop(again);
@@ -205,7 +209,7 @@ fn postgres_session_pooling_works_like_a_direct_connection() {
     standby.env("PIDLOCK_TEST_WAIT", "1");
     let standby = Process::start(standby);
     std::thread::sleep(Duration::from_millis(500));
-    let killed_at = pg_server::now_ns();
+    let killed_at = servers::now_ns();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(holder.child.id() as i32),
         Signal::SIGKILL,
@@ -214,6 +218,6 @@ fn postgres_session_pooling_works_like_a_direct_connection() {
     let held = standby.line(DEADLINE);
     eprintln!(
         "standby through the session pooler took over {:.1} ms after SIGKILL",
-        pg_server::ms(pg_server::field(&held, "at") - killed_at)
+        servers::ms(servers::field(&held, "at") - killed_at)
     );
 }

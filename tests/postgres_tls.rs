@@ -3,106 +3,19 @@
 //! the `openssl` CLI. One test walks every mode, so the server starts once.
 #![cfg(feature = "postgres")]
 
-mod pg_server;
+mod servers;
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-use pg_server::{PgServer, Setup, chown_to_server_user, holder_backend, require, run, unique_key};
 use pidlock_core::{Error, PgLock};
-
-/// A CA, a server certificate it signed (for `localhost` and `127.0.0.1`),
-/// and an unrelated CA.
-struct Certs {
-    ca: PathBuf,
-    other_ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    run(Command::new("openssl").current_dir(dir).args(args));
-}
-
-impl Certs {
-    fn make(dir: &Path) -> Self {
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        for (name, subject) in [
-            ("ca", "/CN=pidlock test CA"),
-            ("other-ca", "/CN=someone else's CA"),
-        ] {
-            let (key, cert) = (format!("{name}.key"), format!("{name}.crt"));
-            let mut args = vec!["req", "-x509", "-days", "2", "-subj", subject];
-            args.extend(ec);
-            args.extend(["-keyout", &key, "-out", &cert]);
-            args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
-            args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
-            openssl(dir, &args);
-        }
-        let mut args = vec![
-            "req",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ];
-        args.extend(ec);
-        openssl(dir, &args);
-        std::fs::write(
-            dir.join("server.ext"),
-            "subjectAltName = DNS:localhost, IP:127.0.0.1\nbasicConstraints = CA:FALSE\n\
-             keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n",
-        )
-        .expect("server.ext");
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                "server.ext",
-                "-out",
-                "server.crt",
-            ],
-        );
-        let server_key = dir.join("server.key");
-        // PostgreSQL refuses a key others can read.
-        std::fs::set_permissions(&server_key, std::fs::Permissions::from_mode(0o600))
-            .expect("chmod key");
-        chown_to_server_user(&server_key);
-        Self {
-            ca: dir.join("ca.crt"),
-            other_ca: dir.join("other-ca.crt"),
-            server_cert: dir.join("server.crt"),
-            server_key,
-        }
-    }
-}
+use servers::certs::{Certs, openssl_cli};
+use servers::postgres::{PgServer, Setup, chown_to_server_user, holder_backend};
+use servers::unique_key;
 
 /// Takes the lock over `url`; on success reports whether the server sees
 /// the holder's session encrypted, then releases it.
 fn attempt(server: &PgServer, url: &str) -> Result<bool, String> {
     let key = unique_key("tls");
     let guard = PgLock::new(url, &key)
-        .quiet(true)
+        .log_level(pidlock_core::LogLevel::Warn)
         .acquire()
         .map_err(|error| match error {
             Error::Remote { reason, .. } => reason,
@@ -150,14 +63,12 @@ fn reload(server: &PgServer, admin: &mut postgres::Client, settings: &str, hba: 
 
 #[test]
 fn postgres_tls_modes_behave_like_libpq() {
-    let Some(_) = require(
-        "the openssl CLI",
-        Command::new("openssl").arg("version").output().ok(),
-    ) else {
+    let Some(()) = openssl_cli() else {
         return;
     };
     let certs_dir = tempfile::tempdir().expect("tempdir");
     let certs = Certs::make(certs_dir.path());
+    chown_to_server_user(&certs.server_key);
     // The server reads its certificate as the server user from our dir.
     chown_to_server_user(certs_dir.path());
     let Some(server) = PgServer::start(Setup {
@@ -272,12 +183,12 @@ fn postgres_tls_modes_behave_like_libpq() {
     // Without sslmode in the URL, PGSSLMODE and PGSSLROOTCERT apply (in a
     // program of its own, to leave this process's environment alone).
     for (root, expected) in [(&certs.ca, None), (&certs.other_ca, Some("unknown CA"))] {
-        let mut engine = pg_server::engine(&at("localhost", ""), &unique_key("tls-env"));
+        let mut engine = servers::engine(&at("localhost", ""), &unique_key("tls-env"));
         engine
             .env("PGSSLMODE", "verify-full")
             .env("PGSSLROOTCERT", root);
-        let holder = pg_server::Process::start(engine);
-        let outcome = holder.try_line(pg_server::DEADLINE);
+        let holder = servers::Process::start(engine);
+        let outcome = holder.try_line(servers::DEADLINE);
         results.borrow_mut().push(format!(
             "PGSSLMODE=verify-full, PGSSLROOTCERT={} -> {outcome:?}",
             root.display()

@@ -61,11 +61,11 @@ fn renamed_crate_runs_in_every_form() {
     }
 }
 
-/// `url` without pidlock-core's `postgres` feature: one compile error, on the
-/// `url` value, that says which feature to turn on (not a failure when the
-/// program starts).
+/// `url` without pidlock-core's `postgres` and `redis` features: one compile
+/// error, on the `url` value, that says which feature to turn on (not a
+/// failure when the program starts).
 #[test]
-fn url_without_the_postgres_feature_is_a_compile_error_on_the_url() {
+fn url_without_an_engine_feature_is_a_compile_error_on_the_url() {
     let output = cargo("check", "tests/no-postgres-crate")
         .env("CARGO_TERM_COLOR", "never")
         .output()
@@ -75,9 +75,12 @@ fn url_without_the_postgres_feature_is_a_compile_error_on_the_url() {
     assert_eq!(stderr.matches("error[").count(), 1, "{stderr}");
     assert!(
         stderr.contains(
-            "error[E0277]: `url` takes the lock in PostgreSQL, which needs pidlock-core's `postgres` feature\n"
+            "error[E0277]: `url` takes the lock in PostgreSQL or Redis, which needs pidlock-core's `postgres` or `redis` feature\n"
         ) && stderr.contains("--> src/main.rs:1:39\n"),
         "{stderr}"
     );
-    assert!(stderr.contains("features = [\"postgres\"]"), "{stderr}");
+    assert!(
+        stderr.contains("features = [\"redis\"] } (or \"postgres\")"),
+        "{stderr}"
+    );
 }

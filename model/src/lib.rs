@@ -6,6 +6,8 @@
 //!   `rm`, `pidlock stop` and takeover, PID reuse.
 //! - [`lease`]: the PostgreSQL lease (SPEC §8) in discrete time with lost
 //!   and delayed messages.
+//! - [`redis_lease`]: the Redis lease in discrete time with lost, delayed
+//!   and duplicated messages, the key's TTL and a paused holder.
 //! - [`checking`]: running the checker to the end, for the tests.
 //!
 //! The tests in `model/tests/` run the checker to completion and print how
@@ -16,3 +18,4 @@
 pub mod checking;
 pub mod lease;
 pub mod one_host;
+pub mod redis_lease;

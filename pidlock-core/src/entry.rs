@@ -67,24 +67,32 @@ pub fn default_path(name: &str) -> Result<PathBuf> {
     Ok(user.dir.join(".local/state/pidlock").join(file))
 }
 
-/// Holds for every type when the `postgres` feature is on, for none when it
-/// is off: the attribute's `url` value goes through [`remote_url`], so a
-/// program that asks for the lock across hosts without the feature does not
-/// compile, with this message on its `url`.
+/// Holds for every type when the `postgres` or `redis` feature is on, for
+/// none when both are off: the attribute's `url` value goes through
+/// [`remote_url`], so a program that asks for the lock across hosts without
+/// an engine does not compile, with this message on its `url`.
 #[diagnostic::on_unimplemented(
-    message = "`url` takes the lock in PostgreSQL, which needs pidlock-core's `postgres` feature",
-    label = "needs the `postgres` feature",
-    note = "in Cargo.toml: pidlock-core = {{ version = \"0.1\", features = [\"postgres\"] }}"
+    message = "`url` takes the lock in PostgreSQL or Redis, which needs pidlock-core's `postgres` or `redis` feature",
+    label = "needs the `postgres` or `redis` feature",
+    note = "in Cargo.toml: pidlock-core = {{ version = \"0.1\", features = [\"redis\"] }} (or \"postgres\")"
 )]
 pub trait RemoteLockAvailable {}
 
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "redis"))]
 impl<T: ?Sized> RemoteLockAvailable for T {}
 
 /// The attribute's `url`, unchanged; see [`RemoteLockAvailable`].
 pub fn remote_url<T: RemoteLockAvailable>(url: T) -> T {
     url
 }
+
+/// A held lock across hosts, boxed: its drop code is reached through the
+/// box's vtable, made only where the lock is taken, so a program without
+/// `url` links none of it.
+type RemoteHold = Box<dyn std::fmt::Debug + Send>;
+
+/// Takes the lock across hosts for an entry; see [`Entry::url`].
+type TakeRemote = fn(&Entry, &str) -> Result<RemoteHold>;
 
 /// The attribute's keys, collected by the generated code.
 #[derive(Debug)]
@@ -105,6 +113,10 @@ pub struct Entry {
     apply_on_conflict: Option<fn(PidLock, OnConflict) -> PidLock>,
     /// `url` and `key`: the lock across hosts.
     remote_url: Option<String>,
+    /// [`take_remote`], set only by `url`: called through this pointer, so
+    /// a program without `url` links no engine, whatever features the
+    /// build has on (features are unified across a build).
+    take_remote: Option<TakeRemote>,
     remote_key: Option<String>,
 }
 
@@ -124,17 +136,25 @@ impl Entry {
             on_conflict: OnConflict::Exit,
             apply_on_conflict: None,
             remote_url: None,
+            take_remote: None,
             remote_key: None,
         }
     }
 
-    /// `url = ...`: also take the lock in PostgreSQL (the `postgres` feature).
+    /// `url = ...`: also take the lock across hosts, in the engine the
+    /// scheme names (`postgres://` with the `postgres` feature, `redis://`
+    /// and `rediss://` with `redis`).
     pub fn url(mut self, url: impl AsRef<str>) -> Self {
         self.remote_url = Some(url.as_ref().to_owned());
+        #[cfg(any(feature = "postgres", feature = "redis"))]
+        {
+            self.take_remote = Some(take_remote);
+        }
         self
     }
 
-    /// `key = ...`: the PostgreSQL lock's name (default: the binary's name).
+    /// `key = ...`: the name of the lock across hosts (default: the
+    /// binary's name).
     pub fn key(mut self, key: impl AsRef<str>) -> Self {
         self.remote_key = Some(key.as_ref().to_owned());
         self
@@ -214,9 +234,18 @@ impl Entry {
     }
 
     fn acquire(&self) -> Result<InstanceGuard> {
+        let remote = self.remote_url.is_some();
+        // Before anything is locked: a local takeover would kill the local
+        // holder, and the remote lock would then be refused anyway.
+        if remote && matches!(self.on_conflict, OnConflict::Takeover { .. }) {
+            return Err(Error::RemoteConfig {
+                reason: "on_conflict = \"takeover\" works on one host only; with `url` the other instance may run on \
+                         another host, where nothing can be signalled: use \"wait\" or \"exit\""
+                    .to_owned(),
+            });
+        }
         // The local lock first: it is cheap, and it keeps a second copy on
         // this host from even connecting to the server.
-        let remote = self.remote_url.is_some();
         let local = if !remote || self.path.is_some() || self.env.is_some() {
             let mut lock = PidLock::new(self.resolve_path()?)
                 .signals(self.signals)
@@ -231,9 +260,17 @@ impl Entry {
             None
         };
         // On failure, the local lock is released as `local` drops.
-        let remote = match &self.remote_url {
-            Some(url) => Some(self.remote(url)?),
-            None => None,
+        let remote = match (&self.remote_url, self.take_remote) {
+            (Some(url), Some(take)) => Some(take(self, url)?),
+            // Unreachable through the attribute, whose `url` does not
+            // compile without an engine (see [`RemoteLockAvailable`]).
+            (Some(_), None) => {
+                return Err(Error::RemoteConfig {
+                    reason: "this program was built without pidlock-core's `postgres` and `redis` features"
+                        .to_owned(),
+                });
+            }
+            (None, _) => None,
         };
         if remote.is_some() && self.notify_ready {
             systemd::notify("READY=1");
@@ -242,29 +279,6 @@ impl Entry {
             _remote: remote,
             _local: local,
             notifier: systemd::is_supervised().then(Pid::current),
-        })
-    }
-
-    #[cfg(feature = "postgres")]
-    fn remote(&self, url: &str) -> Result<RemoteGuard> {
-        let key = self.remote_key.as_deref().unwrap_or(self.name);
-        crate::postgres::PgLock::new(url, key)
-            .on_conflict(self.on_conflict)
-            .quiet(self.log_level.effective() != LogLevel::Info)
-            .acquire()
-    }
-
-    /// Unreachable through the attribute, whose `url` does not compile
-    /// without the feature (see [`RemoteLockAvailable`]).
-    #[cfg(not(feature = "postgres"))]
-    fn remote(&self, _url: &str) -> Result<RemoteGuard> {
-        Err(Error::Remote {
-            key: self
-                .remote_key
-                .clone()
-                .unwrap_or_else(|| self.name.to_owned()),
-            reason: "this program was built without pidlock-core's `postgres` feature".to_owned(),
-            source: None,
         })
     }
 
@@ -295,12 +309,61 @@ impl Entry {
     }
 }
 
-/// The PostgreSQL lock's guard; nothing can be held there without the
-/// `postgres` feature.
-#[cfg(feature = "postgres")]
-type RemoteGuard = crate::postgres::PgGuard;
-#[cfg(not(feature = "postgres"))]
-type RemoteGuard = std::convert::Infallible;
+/// The attribute's lock across hosts, in the engine the URL's scheme names:
+/// `redis://` and `rediss://` in Redis, `postgres://`, `postgresql://` and
+/// libpq's `key=value` strings in PostgreSQL. A scheme whose engine this
+/// program was built without is an error naming the feature.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+fn take_remote(entry: &Entry, url: &str) -> Result<RemoteHold> {
+    let key = entry.remote_key.as_deref().unwrap_or(entry.name);
+    let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+    match scheme {
+        Some("redis" | "rediss") => {
+            #[cfg(feature = "redis")]
+            {
+                crate::redis::RedisLock::new(url, key)
+                    .on_conflict(entry.on_conflict)
+                    .log_level(entry.log_level)
+                    .acquire()
+                    .map(|guard| Box::new(guard) as RemoteHold)
+            }
+            #[cfg(not(feature = "redis"))]
+            Err(built_without("redis", scheme))
+        }
+        Some("postgres" | "postgresql") | None => {
+            #[cfg(feature = "postgres")]
+            {
+                crate::postgres::PgLock::new(url, key)
+                    .on_conflict(entry.on_conflict)
+                    .log_level(entry.log_level)
+                    .acquire()
+                    .map(|guard| Box::new(guard) as RemoteHold)
+            }
+            #[cfg(not(feature = "postgres"))]
+            Err(built_without("postgres", scheme))
+        }
+        Some(other) => Err(Error::RemoteConfig {
+            reason: format!(
+                "url scheme \"{other}://\" names no engine: use postgres:// (or a libpq key=value string) for \
+                 PostgreSQL, redis:// or rediss:// for Redis"
+            ),
+        }),
+    }
+}
+
+/// A url whose engine this program was built without.
+#[cfg(all(
+    any(feature = "postgres", feature = "redis"),
+    not(all(feature = "postgres", feature = "redis"))
+))]
+fn built_without(feature: &str, scheme: Option<&str>) -> Error {
+    Error::RemoteConfig {
+        reason: format!(
+            "a {}:// url needs pidlock-core's `{feature}` feature, which this program was built without",
+            scheme.unwrap_or(feature)
+        ),
+    }
+}
 
 /// Every lock the attribute took; dropped after `main`'s body, it releases
 /// them in the reverse order of acquisition (fields drop in declaration
@@ -309,7 +372,7 @@ type RemoteGuard = std::convert::Infallible;
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct InstanceGuard {
     // Held for their `Drop`, never read.
-    _remote: Option<RemoteGuard>,
+    _remote: Option<RemoteHold>,
     _local: Option<PidFileGuard>,
     /// Under a service manager, the process that took the locks: a `fork()`
     /// child's copy tells systemd nothing. (Not asked for otherwise: it
@@ -322,6 +385,40 @@ impl Drop for InstanceGuard {
         // `main` has returned: the program is ending.
         if self.notifier.is_some_and(|owner| owner == Pid::current()) {
             systemd::notify("STOPPING=1\nSTATUS=Releasing the lock...");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_with_takeover_is_refused_before_the_local_lock_is_taken() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bot.pid");
+        let entry = Entry::new(None, "bot")
+            .path(&path)
+            .url("redis://127.0.0.1:1/0")
+            .takeover(None);
+        match entry.acquire() {
+            Err(Error::RemoteConfig { reason }) => {
+                assert!(reason.contains("works on one host only"), "{reason}")
+            }
+            other => panic!("expected RemoteConfig, got {other:?}"),
+        }
+        assert!(!path.exists(), "the local lock was taken");
+    }
+
+    #[cfg(any(feature = "postgres", feature = "redis"))]
+    #[test]
+    fn an_unknown_scheme_names_the_engines() {
+        let entry = Entry::new(None, "bot").url("mysql://db/bot");
+        match entry.acquire() {
+            Err(Error::RemoteConfig { reason }) => {
+                assert!(reason.contains("\"mysql://\" names no engine"), "{reason}")
+            }
+            other => panic!("expected RemoteConfig, got {other:?}"),
         }
     }
 }

@@ -197,6 +197,32 @@ impl fmt::Display for FileKind {
     }
 }
 
+/// Where a lock across hosts is held: the engine behind the attribute's
+/// `url`, chosen by its scheme.
+///
+/// ```
+/// assert_eq!(pidlock_core::Service::Redis.to_string(), "Redis");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Service {
+    /// A PostgreSQL session advisory lock (`postgres://`, the `postgres`
+    /// feature).
+    Postgres,
+    /// A Redis key with a token and a TTL (`redis://`, `rediss://`, the
+    /// `redis` feature).
+    Redis,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Postgres => "PostgreSQL",
+            Self::Redis => "Redis",
+        })
+    }
+}
+
 /// Why a lock was not obtained or not released.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -230,24 +256,45 @@ pub enum Error {
         /// What is known: what the file claims, if anything.
         holder: Holder,
     },
-    /// Another process holds the PostgreSQL lock (the `postgres` feature).
+    /// Another process holds the lock across hosts (the `postgres` or
+    /// `redis` feature).
     RemoteHeld {
+        /// Where the lock is held.
+        service: Service,
         /// The lock's key.
         key: String,
-        /// The holder's host, as it recorded it with its fencing term.
+        /// The holder's host, as it recorded it.
         host: Option<String>,
         /// The holder's PID on that host.
         pid: Option<Pid>,
     },
-    /// The PostgreSQL lock could not be taken or trusted (the `postgres`
-    /// feature): connection, query, pooler or settings; `reason` says which.
+    /// [`OnConflict::Wait`](crate::OnConflict::Wait) with a timeout waited
+    /// this long for a lock across hosts, and another process still holds
+    /// it.
+    RemoteTimedOut {
+        /// Where the lock is held.
+        service: Service,
+        /// The lock's key.
+        key: String,
+        /// The holder's host, as it recorded it, when known.
+        host: Option<String>,
+        /// The holder's PID on that host, when known.
+        pid: Option<Pid>,
+        /// How long we waited.
+        waited: std::time::Duration,
+    },
+    /// The lock across hosts could not be taken or trusted: connection, TLS,
+    /// authentication, a server reply, a pooler, or settings that break the
+    /// lease's promise; `reason` says which.
     Remote {
+        /// Where the lock is held.
+        service: Service,
         /// The lock's key.
         key: String,
         /// What went wrong, in words (quoting the cause's own text, so the
         /// one-line message is complete).
         reason: String,
-        /// The PostgreSQL client's error, when one caused this.
+        /// The client library's error, when one caused this.
         source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
     },
     /// Nobody runs an instance, but readers hold the lock on the PID file
@@ -259,6 +306,13 @@ pub enum Error {
         path: PathBuf,
         /// Who holds it, as far as can be seen.
         readers: Vec<Reader>,
+    },
+    /// The attribute's `url` cannot be used as asked, before anything was
+    /// locked: a scheme no engine handles, an engine this program was built
+    /// without, or a policy a lock across hosts cannot follow.
+    RemoteConfig {
+        /// What is wrong, and how to fix it.
+        reason: String,
     },
     /// The PID file exists and belongs to another user: it is not ours to
     /// write (and nobody holds its lock).
@@ -350,6 +404,17 @@ impl Error {
     }
 }
 
+/// " on host web-2 (PID: 4242)", as much of it as is known.
+fn holder_on_host(f: &mut fmt::Formatter<'_>, host: Option<&str>, pid: Option<Pid>) -> fmt::Result {
+    if let Some(host) = host {
+        write!(f, " on host {host}")?;
+    }
+    match pid {
+        Some(pid) => write!(f, " (PID: {pid})"),
+        None => write!(f, " (PID unknown)"),
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -373,19 +438,41 @@ impl fmt::Display for Error {
                 "not signalling the holder of {}: no process could be verified as holding its lock ({holder}); a PID from the file alone is never signalled",
                 path.display()
             ),
-            Self::RemoteHeld { key, host, pid } => {
+            Self::RemoteHeld {
+                service,
+                key,
+                host,
+                pid,
+            } => {
                 write!(f, "another instance is already running")?;
-                if let Some(host) = host {
-                    write!(f, " on host {host}")?;
-                }
-                match pid {
-                    Some(pid) => write!(f, " (PID: {pid})")?,
-                    None => write!(f, " (PID unknown)")?,
-                }
-                write!(f, ", holding the PostgreSQL lock \"{key}\"")
+                holder_on_host(f, host.as_deref(), *pid)?;
+                write!(f, ", holding the {service} lock \"{key}\"")
             }
-            Self::Remote { key, reason, .. } => {
-                write!(f, "cannot use the PostgreSQL lock \"{key}\": {reason}")
+            Self::RemoteTimedOut {
+                service,
+                key,
+                host,
+                pid,
+                waited,
+            } => {
+                write!(f, "another instance is still running")?;
+                holder_on_host(f, host.as_deref(), *pid)?;
+                write!(
+                    f,
+                    " after waiting {}, holding the {service} lock \"{key}\"",
+                    crate::human::duration(*waited)
+                )
+            }
+            Self::Remote {
+                service,
+                key,
+                reason,
+                ..
+            } => {
+                write!(f, "cannot use the {service} lock \"{key}\": {reason}")
+            }
+            Self::RemoteConfig { reason } => {
+                write!(f, "cannot take the lock across hosts: {reason}")
             }
             Self::Pinned { path, readers } => {
                 write!(

@@ -53,8 +53,10 @@
 //! - `log`, `tracing`: pidlock's lines become records with target `pidlock`
 //!   when the program installed a logger or subscriber (each line goes to
 //!   one place: a `tracing` subscriber, else a `log` logger, else stderr).
-//! - `postgres`: the lock across hosts (`PgLock`, the attribute's `url`
-//!   and `key`).
+//! - `postgres`, `redis`: the lock across hosts, in PostgreSQL (`PgLock`)
+//!   or Redis (`RedisLock`); the attribute's `url` picks the engine by its
+//!   scheme (`postgres://`, `redis://`, `rediss://`). The engine's code is
+//!   linked only into programs that use `url` or the engine's type.
 //! - `telegram` (default): Telegram's 409 "another poller" error recognised
 //!   and explained ([`InstanceConflictReport`]).
 //! - `teloxide`: a teloxide bot as a single instance with one changed line
@@ -72,7 +74,8 @@
 // layer: systemd, messages          what is said, and where
 // layer: status                     a lock looked at from outside
 // layer: waiting, policy            waiting for and taking over a lock
-// layer: postgres                   the lock across hosts
+// layer: remote                     what every lock across hosts shares
+// layer: postgres, redis            the engines across hosts
 // layer: restart                    keeping the locks across exec
 // layer: signals, guard, replace, lockfile   the PID-file lock and its guard
 // layer: stop, daemon               a lock acted on from outside
@@ -90,6 +93,10 @@ mod policy;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod process;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+mod remote;
 mod replace;
 mod restart;
 mod signal_context;
@@ -102,17 +109,21 @@ mod systemd;
 mod telegram;
 mod waiting;
 
+#[cfg(feature = "postgres")]
+pub use crate::postgres::{PgGuard, PgLock};
+#[cfg(feature = "redis")]
+pub use crate::redis::{RedisGuard, RedisLock};
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub use crate::remote::{LOST_LOCK_EXIT_CODE, RemoteGuard, fencing_term};
 pub use daemon::daemonized;
 pub use entry::default_path;
-pub use error::{Error, FileKind, Holder, Reader, Result};
+pub use error::{Error, FileKind, Holder, Reader, Result, Service};
 pub use guard::{PidFileGuard, held_pid_files};
 pub use lockfile::PidLock;
 pub use messages::{LogLevel, ParseLogLevelError};
 pub use pid::Pid;
 pub use pidlock_macros::single_instance;
 pub use policy::OnConflict;
-#[cfg(feature = "postgres")]
-pub use postgres::{LOST_LOCK_EXIT_CODE, PgGuard, PgLock, fencing_term};
 pub use restart::restart;
 pub use signals::Signals;
 pub use status::{Status, status};

@@ -380,7 +380,7 @@ pub(crate) fn failure(error: &Error, hint: Option<&str>) -> String {
             path,
             holder,
         ),
-        Error::RemoteHeld { host, pid, .. } => {
+        Error::RemoteHeld { host, pid, .. } | Error::RemoteTimedOut { host, pid, .. } => {
             let mut text = format!(
                 "{}{INDENT}Only one instance can run at a time.",
                 sentence(&error.to_string())

@@ -43,8 +43,9 @@ const HANDOVER: &str = "PIDLOCK_RESTART";
 /// After a deploy replaced the executable, the new file at the same path is
 /// what runs.
 ///
-/// A PostgreSQL lock (the `postgres` feature) cannot be kept: its session
-/// ends with the process image. While one is held, `restart()` refuses
+/// A lock across hosts (the `postgres` or `redis` feature) cannot be kept:
+/// its connection and its keeper thread end with the process image. While
+/// one is held, `restart()` refuses
 /// before `exec` with an [`io::ErrorKind::Unsupported`] error that says so;
 /// restart through the supervisor instead, or release that lock first.
 ///
@@ -61,7 +62,7 @@ pub fn restart() -> io::Error {
     if remote_lock_held() {
         return io::Error::new(
             io::ErrorKind::Unsupported,
-            "restart() cannot keep a PostgreSQL lock across exec (its session ends with the process image); restart through your supervisor instead",
+            "restart() cannot keep a lock across hosts (PostgreSQL, Redis) across exec: its connection and keeper end with the process image; restart through your supervisor instead",
         );
     }
     // Only what this process owns: a fork child's inherited locks are its
@@ -136,12 +137,12 @@ pub fn restart() -> io::Error {
     error
 }
 
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "redis"))]
 fn remote_lock_held() -> bool {
-    crate::postgres::fencing_term().is_some()
+    crate::remote::fencing_term().is_some()
 }
 
-#[cfg(not(feature = "postgres"))]
+#[cfg(not(any(feature = "postgres", feature = "redis")))]
 fn remote_lock_held() -> bool {
     false
 }

@@ -236,12 +236,12 @@ impl Holds {
 }
 
 /// The term of the cross-host lock this process holds, if any.
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "redis"))]
 fn cross_host_term() -> Option<u64> {
-    crate::postgres::fencing_term()
+    crate::remote::fencing_term()
 }
 
-#[cfg(not(feature = "postgres"))]
+#[cfg(not(any(feature = "postgres", feature = "redis")))]
 fn cross_host_term() -> Option<u64> {
     None
 }
@@ -309,7 +309,7 @@ fn report(pid: Pid, holds: &Holds) -> String {
 }
 
 const STOP_IT: &str = "  1. Stop the other poller: check other servers, containers and old deployments that use this token.";
-const ACROSS_HOSTS: &str = "  3. Across hosts, hold the lock in a shared service: #[single_instance(url = \"postgres://...\", key = \"my-bot\")].";
+const ACROSS_HOSTS: &str = "  3. Across hosts, hold the lock in a shared service: #[single_instance(url = \"postgres://...\" or \"redis://...\", key = \"my-bot\")].";
 
 /// For each file given as a relative path: which working directory made it,
 /// since the same path from another directory is another lock.
@@ -374,7 +374,7 @@ mod tests {
         To fix it:
           1. Stop the other poller: check other servers, containers and old deployments that use this token.
           2. On one host, give every instance the same PID file path (`path` or its `env` override).
-          3. Across hosts, hold the lock in a shared service: #[single_instance(url = \"postgres://...\", key = \"my-bot\")].
+          3. Across hosts, hold the lock in a shared service: #[single_instance(url = \"postgres://...\" or \"redis://...\", key = \"my-bot\")].
           4. If the other poller cannot be found, revoke the token with @BotFather and deploy the new one."
         );
     }
@@ -398,7 +398,7 @@ mod tests {
         To fix it:
           1. Stop the other poller: check other servers, containers and old deployments that use this token.
           2. On one host, give every instance the same PID file: an absolute `path`, the `env` override, or one working directory (systemd's WorkingDirectory=).
-          3. Across hosts, hold the lock in a shared service: #[single_instance(url = \"postgres://...\", key = \"my-bot\")].
+          3. Across hosts, hold the lock in a shared service: #[single_instance(url = \"postgres://...\" or \"redis://...\", key = \"my-bot\")].
           4. If the other poller cannot be found, revoke the token with @BotFather and deploy the new one."
         );
     }
@@ -445,7 +445,7 @@ mod tests {
         To fix it:
           1. Stop the other poller: another copy on this host (`ps`), another server, a container, an old deployment.
           2. Add #[pidlock_core::single_instance(path = \"data/bot.pid\")] above `main`, so a second copy refuses to start.
-          3. Across hosts, hold the lock in a shared service: #[single_instance(url = \"postgres://...\", key = \"my-bot\")].
+          3. Across hosts, hold the lock in a shared service: #[single_instance(url = \"postgres://...\" or \"redis://...\", key = \"my-bot\")].
           4. If the other poller cannot be found, revoke the token with @BotFather and deploy the new one."
         );
     }
@@ -486,7 +486,7 @@ mod tests {
         let url = std::env::var("PIDLOCK_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
         let guard = match crate::PgLock::new(&url, "pidlock-telegram-report-test")
-            .quiet(true)
+            .log_level(crate::LogLevel::Error)
             .acquire()
         {
             Ok(guard) => guard,

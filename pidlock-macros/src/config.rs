@@ -230,6 +230,9 @@ struct Configuration {
     key: Setting<Expr>,
     env: Setting<LitStr>,
     on_conflict: Setting<OnConflict>,
+    /// Where `on_conflict`'s value was written, for the errors that depend
+    /// on other keys.
+    on_conflict_span: Option<Span>,
     timeout: Setting<Timeout>,
     exit_code: Setting<u8>,
     signals: Setting<SignalsMode>,
@@ -305,7 +308,11 @@ impl Configuration {
                 value.parse()?,
                 "`env` is empty; give a variable name such as \"BOT_PID_FILE\"",
             )),
-            "on_conflict" => self.on_conflict.record(typed(&value.parse()?)),
+            "on_conflict" => {
+                let lit: LitStr = value.parse()?;
+                self.on_conflict_span = Some(lit.span());
+                self.on_conflict.record(typed(&lit))
+            }
             "timeout" => self.timeout.record(Timeout::parse(&value.parse()?)),
             "exit_code" => self.exit_code.record(exit_code(&value.parse()?)),
             "signals" => self.signals.record(typed(&value.parse()?)),
@@ -334,7 +341,19 @@ impl Configuration {
             && self.surely_unset(&self.url)
         {
             let error =
-                syn::Error::new_spanned(key, "`key` names the PostgreSQL lock: give `url` too");
+                syn::Error::new_spanned(key, "`key` names the lock across hosts: give `url` too");
+            self.reject(error);
+        }
+        // A lock across hosts can fail or wait, not take over: the other
+        // instance may be on another host, where nothing can be signalled
+        // (and the local takeover would kill before the remote lock refused).
+        if let (Setting::Set(OnConflict::Takeover), Setting::Set(_), Some(span)) =
+            (&self.on_conflict, &self.url, self.on_conflict_span)
+        {
+            let error = syn::Error::new(
+                span,
+                "on_conflict = \"takeover\" works on one host only: with `url` the other instance may run on another host; use \"wait\" or \"exit\"",
+            );
             self.reject(error);
         }
         // A refused `on_conflict` (`"wiat"`) already has its error; whether
@@ -496,7 +515,7 @@ mod tests {
             url = "postgres://db/app",
             key = "my-bot",
             env = "BOT_PID_FILE",
-            on_conflict = "takeover",
+            on_conflict = "wait",
             timeout = "5m",
             exit_code = 3,
             signals = "none",
@@ -521,7 +540,7 @@ mod tests {
         );
         assert_eq!(
             config.policy,
-            Policy::Takeover {
+            Policy::Wait {
                 timeout_ms: Some(300_000)
             }
         );
@@ -643,7 +662,7 @@ mod tests {
             error_of(quote!(timeout = "5s", on_conflict = "exit")),
             timeout
         );
-        let key = "`key` names the PostgreSQL lock: give `url` too";
+        let key = "`key` names the lock across hosts: give `url` too";
         assert_eq!(error_of(quote!(key = "my-bot")), key);
         // `url` after `key` is seen before the check.
         accepted(quote!(key = "my-bot", url = "postgres://db"));
@@ -667,6 +686,25 @@ mod tests {
             error_of(quote!(timeout = "5 minutes")),
             "cannot read \"5 minutes\" as a duration; write it like \"500ms\", \"30s\" or \"5m\""
         );
+    }
+
+    #[test]
+    fn takeover_with_url_is_refused_on_the_policy_whatever_the_order() {
+        let takeover = "on_conflict = \"takeover\" works on one host only: with `url` the other instance may run on another host; use \"wait\" or \"exit\"";
+        assert_eq!(
+            error_of(quote!(url = "redis://cache", on_conflict = "takeover")),
+            takeover
+        );
+        assert_eq!(
+            error_of(quote!(
+                on_conflict = "takeover",
+                path = "a.pid",
+                url = db_url()
+            )),
+            takeover
+        );
+        accepted(quote!(url = "redis://cache", on_conflict = "wait"));
+        accepted(quote!(path = "a.pid", on_conflict = "takeover"));
     }
 
     #[test]

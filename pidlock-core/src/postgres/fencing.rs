@@ -1,7 +1,7 @@
 //! The fencing term: one row per key in the table `pidlock_fencing`, bumped
 //! by every acquisition and carrying the holder's host and PID (which the
 //! conflict message names), and whether that holder released the lock
-//! cleanly (which decides the handover, see [`super::PgLock::handover`]).
+//! cleanly (which decides the handover, see [`crate::PgLock::handover`]).
 //! Only the lock's holder writes its key's row, so reading it and then
 //! writing it needs no more locking than the lock itself.
 //!
@@ -17,32 +17,19 @@ use postgres::Client;
 use postgres::error::SqlState;
 
 use crate::pid::Pid;
-
-/// How the previous holder of the key let go of it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Previous {
-    /// Nobody held it before.
-    None,
-    /// It released the lock itself.
-    Released,
-    /// Its session ended some other way (a crash, a kill, a lost session),
-    /// and it may not have stopped yet: its host and PID.
-    Unreleased { host: String, pid: i32 },
-}
+use crate::remote::Previous;
 
 /// Bumps the key's term and records this process as its holder; returns the
 /// new term and how the previous holder let go.
 pub(super) fn bump(client: &mut Client, key: &str) -> Result<(i64, Previous), postgres::Error> {
-    let host = nix::unistd::gethostname()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| "unknown".to_owned());
+    let host = crate::remote::host_name();
     create_table(client)?;
     let previous = match client.query_opt(
         "SELECT released, host, pid FROM pidlock_fencing WHERE key = $1",
         &[&key],
     )? {
-        None => Previous::None,
-        Some(row) if row.get::<_, bool>(0) => Previous::Released,
+        None => Previous::Gone,
+        Some(row) if row.get::<_, bool>(0) => Previous::Gone,
         Some(row) => Previous::Unreleased {
             host: row.get(1),
             pid: row.get(2),

@@ -1,120 +1,45 @@
-//! The lock across hosts (SPEC §8): a PostgreSQL session advisory lock on a
-//! dedicated connection of its own.
-//!
-//! # What is promised, and the arithmetic behind it
-//!
-//! The server holds the lock for as long as the holder's session lives, and
-//! frees it the instant the session ends; a standby waiting in the server
-//! gets it then. A session ends in one of two ways.
-//!
-//! **The server ends it**: `pg_terminate_backend`, a restart or shutdown,
-//! `idle_session_timeout`, a backend crash, or the holder's connection is
-//! closed. The server sends its `FATAL` (or closes the socket) *before* it
-//! frees the lock, and the holder is always reading its connection between
-//! heartbeats (see [`lease`]), so it learns within one network delay and
-//! stops at once: SIGTERM to itself, so that the program's own shutdown
-//! runs, and a hard exit after the *grace* `G` (5 s). A standby waiting in
-//! the server gets the lock in that same instant, though, so a holder that
-//! did not release the lock itself is given a *handover* (1 s,
-//! [`PgLock::handover`]): its successor waits that long before `acquire`
-//! returns, and the old holder has been told to stop by then. Whether the
-//! previous holder released cleanly is recorded with the fencing term, so a
-//! normal release hands on at once. What the old holder's own shutdown
-//! still does after its SIGTERM is what the fencing term is for.
-//!
-//! **The holder goes silent** (a partition, a dead host, a frozen process):
-//! the server ends the session once the connection has been silent for the
-//! *server timeout* `S` (30 s), not sooner: this connection sets the
-//! server's `tcp_keepalives_idle = S/3`, `tcp_keepalives_interval = S/3`,
-//! `tcp_keepalives_count = 2` (`S/3 + 2 * S/3 = S`) and
-//! `tcp_user_timeout = S`, under which Linux gives up on a peer only once it
-//! has been silent for `S` (whole seconds of `S/3` rounding down cannot
-//! make it sooner). The holder confirms ownership every *heartbeat*
-//! (2 s) by asking `pg_locks` whether its own backend holds the key (not
-//! `SELECT 1`: a reconnected session answers that without holding
-//! anything). A watchdog, on the monotonic clock, declares the lock lost
-//! when no confirmation has arrived for the *lease* `L` (10 s), whatever a
-//! hung query is doing, and stops the process the same way. The last
-//! confirmation was sent at some time `t`; the server heard from the holder
-//! at `t` or later, so it cannot drop the session before `t + S`, and the
-//! holder is gone by `t + L + G`. [`PgLock::acquire`] refuses settings
-//! without `L + G < S`: with the defaults 15 s < 30 s.
-//!
-//! The holder never re-acquires silently. Every acquisition bumps a fencing
-//! term ([`fencing_term`], see [`fencing`]) for side effects that must be
-//! fenced anyway (a process paused longer than its lease, e.g. by SIGSTOP).
-//!
-//! # Failover
-//!
-//! Advisory locks live in the primary's memory and are not replicated: a
-//! promoted replica holds no lock at all, so a standby connected to it may
-//! acquire at once, at promotion rather than `S` after the holder went
-//! silent. The holder's connection to the old primary breaks when that
-//! primary goes away: a primary that shuts down or whose server process dies
-//! closes it, and the holder stops at once; a primary whose host vanishes
-//! closes nothing, and the holder stops at the end of its lease (`L + G`
-//! after its last confirmation). Promotion usually takes longer than that
-//! (a failover manager first waits for the old primary's own lease), but
-//! pidlock cannot know: the fencing term is what keeps such an overlap
-//! harmless. It is an ordinary table and is replicated, so the new primary
-//! knows every term whose bump reached it and the next holder's term is
-//! larger, except when asynchronous replication lost the very last bump
-//! (the next holder then gets that same number again; see [`fencing`]). An
-//! old primary that stays up and reachable by the holder while another is
-//! promoted is a split brain for every client of the database, this lock
-//! included: fencing the old primary is the failover manager's job.
-//!
-//! # Poolers and TLS
+//! The PostgreSQL engine: a session advisory lock on a dedicated
+//! connection of its own. What it promises, and the arithmetic, is on
+//! [`PgLock`]; the lease, the watchdog and the fencing term's publication
+//! are shared with every engine (`crate::remote`).
 //!
 //! Poolers that share a server session between clients are refused
 //! ([`pooler`]); TLS follows libpq's `sslmode` and `sslrootcert` ([`tls`]).
 
 mod fencing;
-mod lease;
+mod keeper;
 mod pooler;
 mod tls;
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use postgres::config::{Host, SslMode as WireMode};
 use postgres::{Client, NoTls};
 
-pub use lease::LOST_LOCK_EXIT_CODE;
-
-use self::lease::{Lease, Terms};
+use self::keeper::PgKeeper;
 use self::pooler::{Marker, Refusal};
 use self::tls::{SslMode, Tls};
-use crate::error::{Error, Result};
-use crate::messages::{self, Level};
-use crate::pid::Pid;
+use crate::error::{Error, Result, Service};
+use crate::messages::LogLevel;
 use crate::policy::OnConflict;
+use crate::remote::{self, LeaseTiming, RemoteGuard, Taken};
 
-/// The fencing term of the lock this process holds, for [`fencing_term`].
-/// Global because the attribute's guard is not reachable from user code.
-static TERM: AtomicI64 = AtomicI64::new(0);
+/// The guard of a [`PgLock`].
+pub type PgGuard = RemoteGuard;
 
-/// The fencing term of the PostgreSQL lock this process holds: it grows with
-/// every acquisition of the key, so a write tagged with an older term can be
-/// refused by whatever receives it. `None` when no such lock is held.
-///
-/// ```
-/// assert_eq!(pidlock_core::fencing_term(), None);
-/// ```
-#[must_use]
-pub fn fencing_term() -> Option<u64> {
-    u64::try_from(TERM.load(Ordering::SeqCst))
-        .ok()
-        .filter(|&term| term > 0)
-}
-
-/// The lock is no longer held (released or lost).
-fn clear_term() {
-    TERM.store(0, Ordering::SeqCst);
-}
+/// Server-side settings that end an idle session or transaction on their
+/// own clock. The holder's session is idle between heartbeats, and its
+/// lease arithmetic counts only on keepalives ending a silent session, so
+/// each is pinned to 0 (off) for this session, and checked.
+/// (`statement_timeout` and `lock_timeout` are set by the lock itself.)
+const SESSION_TIMEOUTS: &[&str] = &[
+    "idle_session_timeout",
+    "idle_in_transaction_session_timeout",
+    "transaction_timeout",
+];
 
 /// A lock held in PostgreSQL, shared by every host that uses the same server
-/// and key.
+/// and key: a session advisory lock on a dedicated, unpooled connection.
 ///
 /// ```no_run
 /// use pidlock_core::PgLock;
@@ -123,17 +48,80 @@ fn clear_term() {
 /// println!("holding term {}", guard.term());
 /// # Ok::<(), pidlock_core::Error>(())
 /// ```
+///
+/// # What is promised, and the arithmetic behind it
+///
+/// The server holds the lock for as long as the holder's session lives, and
+/// frees it the instant the session ends; a standby waiting in the server
+/// (`OnConflict::Wait`) gets it then. A session ends in one of two ways.
+///
+/// **The server ends it**: `pg_terminate_backend`, a restart or shutdown, a
+/// backend crash, or the holder's connection is closed. The server sends
+/// its `FATAL` (or closes the socket) *before* it frees the lock, and the
+/// holder is always reading its connection between heartbeats, so it learns
+/// within one network delay and stops at once: SIGTERM to itself, so that
+/// the program's own shutdown runs, and a hard exit after the *grace* `G`
+/// (5 s, exit status [`LOST_LOCK_EXIT_CODE`](crate::LOST_LOCK_EXIT_CODE)).
+/// A standby waiting in the server gets the lock in that same instant,
+/// though, so a holder that did not release the lock itself is given a
+/// *handover* (1 s, [`handover`](Self::handover)): its successor waits that
+/// long before `acquire` returns, and the old holder has been told to stop
+/// by then. Whether the previous holder released cleanly is recorded with
+/// the fencing term, so a normal release hands on at once.
+///
+/// Settings that would end an idle session on their own clock
+/// (`idle_session_timeout`, `idle_in_transaction_session_timeout`,
+/// `transaction_timeout`, whether set for the server, the database or the
+/// role) are turned off for the holder's session and checked; a server that
+/// keeps one on is refused with a message, since it could free the lock
+/// while a partitioned holder runs on.
+///
+/// **The holder goes silent** (a partition, a dead host, a frozen process):
+/// the server ends the session once the connection has been silent for the
+/// *server timeout* `S` (30 s), not sooner: this connection sets the
+/// server's `tcp_keepalives_idle = S/3`, `tcp_keepalives_interval = S/3`,
+/// `tcp_keepalives_count = 2` (`S/3 + 2 * S/3 = S`) and `tcp_user_timeout
+/// = S`, under which Linux gives up on a peer only once it has been silent
+/// for `S`. The holder confirms ownership every *heartbeat* (2 s) by asking
+/// `pg_locks` whether its own backend holds the key (not `SELECT 1`: a
+/// reconnected session answers that without holding anything). A watchdog,
+/// on the monotonic clock, declares the lock lost when no confirmation has
+/// arrived for the *lease* `L` (10 s), whatever a hung query is doing, and
+/// stops the process the same way. The last confirmation was sent at some
+/// time `t`; the server heard from the holder at `t` or later, so it cannot
+/// drop the session before `t + S`, and the holder is gone by `t + L + G`.
+/// [`acquire`](Self::acquire) refuses settings without `L + G < S`: with the
+/// defaults 15 s < 30 s.
+///
+/// The holder never re-acquires silently. Every acquisition bumps a fencing
+/// term ([`fencing_term`](crate::fencing_term), a row per key in the table
+/// `pidlock_fencing`) for side effects that must be fenced anyway (a
+/// process paused longer than its lease, e.g. by SIGSTOP).
+///
+/// # Failover
+///
+/// Advisory locks live in the primary's memory and are not replicated: a
+/// promoted replica holds no lock at all, so a standby connected to it may
+/// acquire at once, at promotion rather than `S` after the holder went
+/// silent. The holder's connection to the old primary breaks when that
+/// primary goes away: a primary that shuts down or whose server process
+/// dies closes it, and the holder stops at once; a primary whose host
+/// vanishes closes nothing, and the holder stops at the end of its lease
+/// (`L + G` after its last confirmation). The fencing term is what keeps
+/// such an overlap harmless: it is an ordinary table and is replicated, so
+/// the next holder's term is larger, except when asynchronous replication
+/// lost the very last bump (the next holder then gets that same number
+/// again; replicate synchronously where terms must never repeat). An old
+/// primary that stays up and reachable by the holder while another is
+/// promoted is a split brain for every client of the database, this lock
+/// included: fencing the old primary is the failover manager's job.
 #[derive(Clone, Debug)]
 pub struct PgLock {
     url: String,
     key: String,
-    lease: Duration,
-    heartbeat: Duration,
-    grace: Duration,
-    server_timeout: Duration,
-    handover: Duration,
+    timing: LeaseTiming,
     on_conflict: OnConflict,
-    quiet: bool,
+    log_level: LogLevel,
 }
 
 impl PgLock {
@@ -146,41 +134,43 @@ impl PgLock {
         Self {
             url: url.into(),
             key: key.into(),
-            lease: Duration::from_secs(10),
-            heartbeat: Duration::from_secs(2),
-            grace: Duration::from_secs(5),
-            server_timeout: Duration::from_secs(30),
-            handover: Duration::from_secs(1),
+            timing: LeaseTiming {
+                lease: Duration::from_secs(10),
+                heartbeat: Duration::from_secs(2),
+                grace: Duration::from_secs(5),
+                server_limit: Duration::from_secs(30),
+                handover: Duration::from_secs(1),
+            },
             on_conflict: OnConflict::Exit,
-            quiet: false,
+            log_level: LogLevel::Info,
         }
     }
 
     /// How long the holder may go without confirming ownership (10 s).
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
+        self.timing.lease = lease;
         self
     }
 
     /// How often ownership is confirmed (2 s).
     #[must_use]
     pub fn heartbeat(mut self, heartbeat: Duration) -> Self {
-        self.heartbeat = heartbeat;
+        self.timing.heartbeat = heartbeat;
         self
     }
 
     /// How long after SIGTERM a holder that lost the lock is made to exit (5 s).
     #[must_use]
     pub fn grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
+        self.timing.grace = grace;
         self
     }
 
     /// How long the server lets a silent holder's session live (30 s).
     #[must_use]
     pub fn server_timeout(mut self, server_timeout: Duration) -> Self {
-        self.server_timeout = server_timeout;
+        self.timing.server_limit = server_timeout;
         self
     }
 
@@ -196,7 +186,7 @@ impl PgLock {
     /// starts. After a clean release there is no wait.
     #[must_use]
     pub fn handover(mut self, handover: Duration) -> Self {
-        self.handover = handover;
+        self.timing.handover = handover;
         self
     }
 
@@ -207,10 +197,21 @@ impl PgLock {
         self
     }
 
-    /// No INFO lines.
+    /// Which of its lines the lock writes, as for
+    /// [`PidLock::log_level`](crate::PidLock::log_level): `Info` (default)
+    /// says when it waits, acquires and hands over; `Warn` and `Error` keep
+    /// only the error a lost lock is reported with. `PIDLOCK_LOG` overrides
+    /// it.
+    ///
+    /// ```
+    /// use pidlock_core::{LogLevel, PgLock};
+    ///
+    /// let lock = PgLock::new("postgres://db/bot", "my-bot").log_level(LogLevel::Warn);
+    /// # let _ = lock;
+    /// ```
     #[must_use]
-    pub fn quiet(mut self, quiet: bool) -> Self {
-        self.quiet = quiet;
+    pub fn log_level(mut self, log_level: LogLevel) -> Self {
+        self.log_level = log_level;
         self
     }
 
@@ -231,20 +232,17 @@ impl PgLock {
     /// # Errors
     ///
     /// [`Error::RemoteHeld`] naming the holder's host and PID,
-    /// [`Error::TimedOut`] for a wait that ran out, [`Error::Remote`] for a
-    /// connection, TLS or query failure, a pooler in transaction or
-    /// statement mode, settings that break the lease promise, or threads
-    /// that could not be started.
+    /// [`Error::RemoteTimedOut`] for a wait that ran out, [`Error::Remote`]
+    /// for a connection, TLS or query failure, a pooler in transaction or
+    /// statement mode, a server that keeps a session timeout on, settings
+    /// that break the lease promise, takeover, or threads that could not be
+    /// started.
     pub fn acquire(&self) -> Result<PgGuard> {
-        if self.lease + self.grace >= self.server_timeout || self.heartbeat >= self.lease {
-            return Err(self.error(format!(
-                "lease ({}) + grace ({}) must be shorter than the server timeout ({}), and the heartbeat ({}) shorter than the lease",
-                crate::human::duration(self.lease),
-                crate::human::duration(self.grace),
-                crate::human::duration(self.server_timeout),
-                crate::human::duration(self.heartbeat)
-            )));
-        }
+        remote::check_policy(Service::Postgres, &self.key, self.on_conflict)?;
+        self.timing
+            .check("server timeout")
+            .map_err(|reason| self.error(reason))?;
+        let log_level = self.log_level.effective();
         let target = self.target()?;
         let mut client = target
             .connect()
@@ -255,7 +253,7 @@ impl PgLock {
         let shared = pooler::probe(
             move || probe_target.connect(),
             marker,
-            self.lease + Duration::from_secs(1),
+            self.timing.lease + Duration::from_secs(1),
         )
         .map_err(|e| {
             self.error(format!(
@@ -266,7 +264,7 @@ impl PgLock {
             return Err(self.pooler_error(seen));
         }
         let id = Self::lock_id(&self.key);
-        self.lock(&mut client, marker, id)?;
+        self.lock(&mut client, marker, id, log_level)?;
         let seen = marker.seen(&mut client, id).map_err(|e| self.pg_error(e))?;
         if let Some(seen) = seen.pooler() {
             return Err(self.pooler_error(seen));
@@ -283,65 +281,30 @@ impl PgLock {
         let last_sent = Instant::now();
         let (term, previous) =
             fencing::bump(&mut client, &self.key).map_err(|e| self.pg_error(e))?;
-        if last_sent.elapsed() >= self.lease {
-            return Err(self.error(format!(
-                "the server took {} to confirm the lock, longer than the {} lease; not trusting it (the lock is released)",
-                crate::human::duration(last_sent.elapsed()),
-                crate::human::duration(self.lease)
-            )));
-        }
-        TERM.store(term, Ordering::SeqCst);
-        let terms = Terms {
+        let keeper = PgKeeper {
+            client,
             key: self.key.clone(),
             id,
             marker,
             term,
-            lease: self.lease,
-            heartbeat: self.heartbeat,
-            grace: self.grace,
         };
-        let lease = Lease::start(client, terms, last_sent).map_err(|e| {
-            clear_term();
-            self.error(format!(
-                "could not start the threads that keep the lease ({e}); the lock was released, since nothing would notice losing it"
-            ))
-        })?;
-        if !self.quiet {
-            messages::emit(
-                Level::Info,
-                &format!(
-                    "PostgreSQL lock \"{}\" acquired (term {term}, PID: {})",
-                    self.key,
-                    Pid::current()
-                ),
-            );
-        }
-        if let fencing::Previous::Unreleased { host, pid } = previous
-            && !self.handover.is_zero()
-        {
-            // The lease is kept from here on: losing the lock during the
-            // wait stops this process like any loss.
-            if !self.quiet {
-                messages::emit(
-                    Level::Info,
-                    &format!(
-                        "The previous holder (host {host}, PID: {pid}) did not release it: waiting {} for it to stop.",
-                        crate::human::duration(self.handover)
-                    ),
-                );
-            }
-            std::thread::sleep(self.handover);
-        }
-        Ok(PgGuard {
-            lease,
-            owner: Pid::current(),
-            id,
-            term,
-        })
+        remote::hold(
+            Service::Postgres,
+            &self.key,
+            Taken {
+                keeper,
+                term: u64::try_from(term).unwrap_or(0),
+                previous,
+                last_sent,
+            },
+            self.timing,
+            log_level,
+        )
     }
 
     fn error(&self, reason: String) -> Error {
         Error::Remote {
+            service: Service::Postgres,
             key: self.key.clone(),
             reason,
             source: None,
@@ -364,6 +327,7 @@ impl PgLock {
     /// [`Error::Remote`] keeping the client's error as its `source()`.
     fn caused_by(&self, reason: String, error: postgres::Error) -> Error {
         Error::Remote {
+            service: Service::Postgres,
             key: self.key.clone(),
             reason,
             source: Some(Box::new(error)),
@@ -405,13 +369,13 @@ impl PgLock {
             .map_err(|reason| self.error(reason))?;
         config
             .application_name("pidlock")
-            .connect_timeout(self.lease)
+            .connect_timeout(self.timing.lease)
             .keepalives(true)
             // TCP keepalive timers count whole seconds: 0 is refused.
-            .keepalives_idle(self.heartbeat.max(Duration::from_secs(1)))
+            .keepalives_idle(self.timing.heartbeat.max(Duration::from_secs(1)))
             .keepalives_interval(Duration::from_secs(1))
             .keepalives_retries(2)
-            .tcp_user_timeout(self.lease);
+            .tcp_user_timeout(self.timing.lease);
         let host = match config.get_hosts().first() {
             Some(Host::Tcp(name)) => name.clone(),
             Some(Host::Unix(path)) => path.display().to_string(),
@@ -420,23 +384,65 @@ impl PgLock {
         Ok(Target { config, tls, host })
     }
 
-    /// The server's half of the keepalive arithmetic, and heartbeats that
-    /// cannot hang in the server.
+    /// The server's half of the keepalive arithmetic, heartbeats that
+    /// cannot hang in the server, and no other clock that could end the
+    /// session ([`SESSION_TIMEOUTS`]).
     fn configure(&self, client: &mut Client) -> Result<()> {
-        let third = (self.server_timeout.as_secs() / 3).max(1);
+        let third = (self.timing.server_limit.as_secs() / 3).max(1);
         client
             .batch_execute(&format!(
                 "SET tcp_keepalives_idle = {third}; SET tcp_keepalives_interval = {third}; \
                  SET tcp_keepalives_count = 2; SET tcp_user_timeout = {}; SET statement_timeout = {}",
-                self.server_timeout.as_millis(),
-                self.heartbeat.as_millis()
+                self.timing.server_limit.as_millis(),
+                self.timing.heartbeat.as_millis()
             ))
-            .map_err(|e| self.pg_error(e))
+            .map_err(|e| self.pg_error(e))?;
+        // Only the settings this server knows (idle_session_timeout came in
+        // PostgreSQL 14, transaction_timeout in 17): set_config for each
+        // row pg_settings has, then read back what is still on.
+        let names = SESSION_TIMEOUTS
+            .iter()
+            .map(|name| format!("'{name}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let still_on = client
+            .simple_query(&format!(
+                "SELECT set_config(name, '0', false) FROM pg_settings WHERE name IN ({names}); \
+                 SELECT name, setting, unit FROM pg_settings WHERE name IN ({names}) AND setting <> '0'"
+            ))
+            .map_err(|e| self.pg_error(e))?;
+        let on: Vec<String> = still_on
+            .iter()
+            .filter_map(|message| match message {
+                postgres::SimpleQueryMessage::Row(row) if row.len() == 3 => Some(format!(
+                    "{} = {}{}",
+                    row.get(0).unwrap_or_default(),
+                    row.get(1).unwrap_or_default(),
+                    row.get(2).unwrap_or_default()
+                )),
+                _ => None,
+            })
+            .collect();
+        if on.is_empty() {
+            return Ok(());
+        }
+        Err(self.error(format!(
+            "the server keeps {} for this session, which would end the holder's idle session \
+             between heartbeats and free the lock while a cut-off holder still runs; turn it off \
+             for this role or database (ALTER ROLE ... SET ... = 0)",
+            on.join(", ")
+        )))
     }
 
     /// Takes the key, in a statement that also checks that the session
     /// carries this connection's marker and nobody else's ([`pooler`]).
-    fn lock(&self, client: &mut Client, marker: Marker, id: i64) -> Result<()> {
+    fn lock(
+        &self,
+        client: &mut Client,
+        marker: Marker,
+        id: i64,
+        log_level: LogLevel,
+    ) -> Result<()> {
         let pg = |e: postgres::Error| self.pg_error(e);
         let refused = || self.pooler_error("the server session is not this connection's alone");
         match marker.lock(client, id, false).map_err(pg)? {
@@ -445,17 +451,9 @@ impl PgLock {
             None => return Err(refused()),
         }
         match self.on_conflict {
-            OnConflict::Exit => Err(self.held_error(client)),
-            OnConflict::Takeover { .. } => Err(self.error(
-                "on_conflict = \"takeover\" works on one host only; a PostgreSQL lock can wait, not take over".to_owned(),
-            )),
+            OnConflict::Exit | OnConflict::Takeover { .. } => Err(self.held_error(client)),
             OnConflict::Wait { timeout } => {
-                if !self.quiet {
-                    messages::emit(
-                        Level::Info,
-                        &format!("Waiting for the PostgreSQL lock \"{}\"...", self.key),
-                    );
-                }
+                remote::waiting(Service::Postgres, &self.key, log_level);
                 let started = Instant::now();
                 let lock_timeout = timeout.map_or(0, |timeout| timeout.as_millis().max(1));
                 client
@@ -467,16 +465,21 @@ impl PgLock {
                 client
                     .batch_execute(&format!(
                         "SET lock_timeout = 0; SET statement_timeout = {}",
-                        self.heartbeat.as_millis()
+                        self.timing.heartbeat.as_millis()
                     ))
                     .map_err(pg)?;
                 match waited {
                     Ok(Some(_)) => Ok(()),
                     Ok(None) => Err(refused()),
-                    Err(error) if error.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-                        Err(Error::TimedOut {
-                            path: format!("postgres lock \"{}\"", self.key).into(),
-                            holder: crate::Holder::Unknown,
+                    Err(error)
+                        if error.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                    {
+                        let (host, pid) = fencing::holder(client, &self.key);
+                        Err(Error::RemoteTimedOut {
+                            service: Service::Postgres,
+                            key: self.key.clone(),
+                            host,
+                            pid,
                             waited: started.elapsed(),
                         })
                     }
@@ -490,6 +493,7 @@ impl PgLock {
     fn held_error(&self, client: &mut Client) -> Error {
         let (host, pid) = fencing::holder(client, &self.key);
         Error::RemoteHeld {
+            service: Service::Postgres,
             key: self.key.clone(),
             host,
             pid,
@@ -526,46 +530,6 @@ impl Target {
                 .connect(self.tls.connector()),
             (_, result) => result,
         }
-    }
-}
-
-/// A held PostgreSQL lock; dropping it unlocks and closes the connection.
-pub struct PgGuard {
-    lease: Lease,
-    /// The process that took the lock: a `fork()` child shares the socket
-    /// but must never speak on it (SPEC §10, "Ownership").
-    owner: Pid,
-    id: i64,
-    term: i64,
-}
-
-impl std::fmt::Debug for PgGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgGuard")
-            .field("id", &self.id)
-            .field("term", &self.term)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PgGuard {
-    /// This acquisition's fencing term.
-    #[must_use]
-    pub fn term(&self) -> u64 {
-        u64::try_from(self.term).unwrap_or(0)
-    }
-}
-
-impl Drop for PgGuard {
-    fn drop(&mut self) {
-        if Pid::current() != self.owner {
-            // A fork child's copy. The connection lives in the session
-            // thread, which the child does not have: nothing here can reach
-            // the socket, and nothing is sent on the parent's session.
-            return;
-        }
-        clear_term();
-        self.lease.release();
     }
 }
 

@@ -27,18 +27,12 @@
 
 use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use postgres::config::SslMode as WireMode;
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
 use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::remote::percent_decode;
+use crate::remote::tls::{self as shared, Roots, Verify};
 
 /// libpq's `sslmode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,14 +83,6 @@ impl SslMode {
     }
 }
 
-/// The trusted roots, and where they came from (for error messages).
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Roots {
-    None,
-    File(PathBuf),
-    System,
-}
-
 /// The TLS side of one lock's connections.
 #[derive(Clone)]
 pub(super) struct Tls {
@@ -122,8 +108,7 @@ impl Tls {
         let mode_text = mode.map(str::to_owned).or_else(|| env("PGSSLMODE"));
         let root_text = root.map(str::to_owned).or_else(|| env("PGSSLROOTCERT"));
         let roots = match root_text.as_deref() {
-            Some("system") => Roots::System,
-            Some(path) => Roots::File(PathBuf::from(path)),
+            Some(value) => Roots::named(value),
             None => default_root_file().map_or(Roots::None, Roots::File),
         };
         let mode = match (mode_text.as_deref(), &roots) {
@@ -144,7 +129,12 @@ impl Tls {
                 mode.name()
             ));
         }
-        let connector = MakeRustlsConnect::new(client_config(mode, &roots)?);
+        let verify = match mode {
+            SslMode::VerifyFull => Verify::ChainAndName,
+            // libpq: a root certificate, where there is one, is checked.
+            _ => Verify::Chain,
+        };
+        let connector = MakeRustlsConnect::new(shared::client_config(verify, &roots)?);
         Ok(Self {
             mode,
             roots,
@@ -171,29 +161,15 @@ impl Tls {
                 )
             });
         }
-        let trusted = match &self.roots {
-            Roots::None => "no CA".to_owned(),
-            Roots::File(path) => format!("the CA in {}", path.display()),
-            Roots::System => "the system's trusted CAs".to_owned(),
-        };
+        let setting = format!("sslmode={}", self.mode.name());
         match rustls_error(error)? {
-            Tried::Rustls(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
-                Some(format!(
-                    "the server's certificate is not signed by {trusted} (unknown CA; sslmode={}); give the CA that signed it as sslrootcert",
-                    self.mode.name()
-                ))
-            }
-            Tried::Rustls(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Some(format!(
-                "host name mismatch: the server's certificate is not valid for \"{host}\" (sslmode=verify-full checks the name connected to); \
-                 connect by a name the certificate lists, or use sslmode=verify-ca"
+            Tried::Rustls(error) => Some(shared::explain(
+                error,
+                &self.roots,
+                host,
+                &setting,
+                "connect by a name the certificate lists, or use sslmode=verify-ca",
             )),
-            Tried::Rustls(rustls::Error::InvalidCertificate(other)) => Some(format!(
-                "the server's certificate was refused ({other:?}; sslmode={})",
-                self.mode.name()
-            )),
-            Tried::Rustls(other) => Some(format!("the TLS handshake failed: {other}")),
             Tried::NotSupported => Some(format!(
                 "the server does not support TLS, and sslmode={} requires it; turn on ssl in the server or choose another sslmode",
                 self.mode.name()
@@ -257,156 +233,6 @@ fn default_root_file() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    // Not the process-wide default: the program may have installed another
-    // provider, or none, and neither should change how this lock connects.
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn client_config(mode: SslMode, roots: &Roots) -> Result<ClientConfig, String> {
-    let provider = provider();
-    let verifier: Arc<dyn ServerCertVerifier> = match (load_roots(roots)?, mode) {
-        (None, _) => Arc::new(Unverified(provider.signature_verification_algorithms)),
-        (Some(store), mode) => {
-            let full =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(store), Arc::clone(&provider))
-                    .build()
-                    .map_err(|error| format!("cannot use the trusted roots: {error}"))?;
-            if mode == SslMode::VerifyFull {
-                full
-            } else {
-                Arc::new(ChainOnly(full))
-            }
-        }
-    };
-    Ok(ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|error| format!("cannot set up TLS: {error}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth())
-}
-
-fn load_roots(roots: &Roots) -> Result<Option<RootCertStore>, String> {
-    let mut store = RootCertStore::empty();
-    match roots {
-        Roots::None => return Ok(None),
-        Roots::File(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                .map_err(|error| format!("cannot read sslrootcert {}: {error}", path.display()))?;
-            let (added, _) = store.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(format!(
-                    "sslrootcert {} holds no usable CA certificate (PEM expected)",
-                    path.display()
-                ));
-            }
-        }
-        Roots::System => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = store.add_parsable_certificates(found.certs);
-            if added == 0 {
-                return Err(format!(
-                    "sslrootcert=system: no trusted CA certificates found on this system ({} errors)",
-                    found.errors.len()
-                ));
-            }
-        }
-    }
-    Ok(Some(store))
-}
-
-/// `require` (and `prefer`, `allow`) without a root certificate: encrypted,
-/// nothing verified, as in libpq. The handshake's signatures are still
-/// checked, so the session key really belongs to the certificate shown.
-#[derive(Debug)]
-struct Unverified(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain must lead to a trusted root; the name is not
-/// checked. WebPKI checks the chain before the name, so a name error means
-/// the chain was good.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
 /// The URL without `sslmode` and `sslrootcert`, and their values: the
 /// `postgres` crate refuses `verify-ca`, `verify-full` and `sslrootcert`, so
 /// they are handled here. Both forms libpq accepts: a `postgres://` URL
@@ -464,7 +290,9 @@ fn split_url(
         .filter(|param| !param.is_empty())
         .map(|param| {
             let (key, value) = param.split_once('=').unwrap_or((param, ""));
-            Ok::<_, String>((!take(&decode(key)?, decode(value)?)?).then_some(param))
+            Ok::<_, String>(
+                (!take(&percent_decode(key)?, percent_decode(value)?)?).then_some(param),
+            )
         })
         .filter_map(Result::transpose)
         .collect::<Result<_, _>>()?;
@@ -474,26 +302,6 @@ fn split_url(
     } else {
         format!("{base}?{}", kept.join("&"))
     })
-}
-
-fn decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] == b'%' {
-            let byte = text
-                .get(index + 1..index + 3)
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                .ok_or_else(|| format!("invalid percent-encoding in \"{text}\""))?;
-            out.push(byte);
-            index += 3;
-        } else {
-            out.push(bytes[index]);
-            index += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("\"{text}\" does not decode to UTF-8"))
 }
 
 /// `host=db sslmode=verify-full`: libpq's `key = value` pairs, values plain

@@ -87,13 +87,9 @@ fn no_keys_give_the_bare_guard() {
 }
 
 #[test]
-fn takeover_across_hosts_passes_url_and_key_and_no_timeout() {
+fn waiting_across_hosts_passes_url_and_key_and_no_timeout() {
     assert_expands(
-        quote!(
-            url = database_url(),
-            key = "my-bot",
-            on_conflict = "takeover"
-        ),
+        quote!(url = database_url(), key = "my-bot", on_conflict = "wait"),
         quote!(
             fn main() {}
         ),
@@ -105,7 +101,7 @@ fn takeover_across_hosts_passes_url_and_key_and_no_timeout() {
                 )
                 .url(&(::pidlock_core::__private::remote_url(database_url())))
                 .key(&("my-bot"))
-                .takeover(::core::option::Option::None)
+                .wait(::core::option::Option::None)
                 .acquire_or_exit();
             }
         ),

@@ -8,27 +8,28 @@
 //! except under `CI=true`, where a missing binary fails them.
 #![allow(dead_code)] // each test file uses a different subset
 
-use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-/// Long enough for a loaded CI machine, short enough to fail a hung test.
-pub const DEADLINE: Duration = Duration::from_secs(20);
+use super::{free_port, is_root, require, run};
 
-pub fn in_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
-}
-
-/// `None` (and a message) when `what` is missing outside CI; a panic in CI.
-pub fn require<T>(what: &str, found: Option<T>) -> Option<T> {
-    if found.is_none() {
-        assert!(!in_ci(), "CI=true and {what} is missing");
-        eprintln!("skipped: {what} is missing");
+/// The machine's server for the tests that need no server of their own:
+/// `PIDLOCK_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`.
+/// `None` (and a message) without one, outside CI.
+pub fn machine_url() -> Option<String> {
+    let url = std::env::var("PIDLOCK_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    match postgres::Client::connect(&url, postgres::NoTls) {
+        Ok(_) => Some(url),
+        Err(error) => {
+            assert!(
+                !super::in_ci(),
+                "CI=true and no PostgreSQL at {url}: {error}"
+            );
+            eprintln!("skipped: no PostgreSQL at {url} ({error}); set PIDLOCK_TEST_POSTGRES_URL");
+            None
+        }
     }
-    found
 }
 
 /// The newest installed PostgreSQL's binaries (Debian's layout), or
@@ -48,10 +49,6 @@ pub fn pg_bin() -> Option<PathBuf> {
         .collect();
     found.sort();
     found.pop().map(|(_, bin)| bin)
-}
-
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
 
 /// `command` as the user PostgreSQL and PgBouncer accept: `postgres` when we
@@ -77,29 +74,6 @@ pub fn chown_to_server_user(path: &Path) {
         .expect("user database")
         .expect("no user postgres");
     nix::unistd::chown(path, Some(user.uid), Some(user.gid)).expect("chown");
-}
-
-/// Runs a command to completion; panics with its output if it fails.
-pub fn run(command: &mut Command) -> String {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(output.status.success(), "{command:?} failed: {text}");
-    text
-}
-
-/// A port nobody listens on right now, on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("free port")
 }
 
 /// How to set up a server.
@@ -285,152 +259,4 @@ pub fn holder_backend(admin: &mut postgres::Client, key: &str) -> Option<i32> {
         )
         .expect("pg_locks")
         .map(|row| row.get(0))
-}
-
-/// The monotonic clock the fixtures print, in nanoseconds.
-pub fn now_ns() -> i128 {
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
-    i128::from(now.tv_sec()) * 1_000_000_000 + i128::from(now.tv_nsec())
-}
-
-/// A key no other test (or earlier run) uses.
-pub fn unique_key(test: &str) -> String {
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
-    format!(
-        "pidlock-test-{test}-{}-{}{:09}",
-        std::process::id(),
-        now.tv_sec(),
-        now.tv_nsec()
-    )
-}
-
-/// A started fixture whose stdout lines arrive on a channel.
-pub struct Process {
-    pub child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Process {
-    pub fn start(mut command: Command) -> Self {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-        let forward = |pipe: Box<dyn std::io::Read + Send>| {
-            let (send, receive) = mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    let _ = send.send(line);
-                }
-            });
-            receive
-        };
-        let lines = forward(Box::new(child.stdout.take().expect("stdout")));
-        let stderr = forward(Box::new(child.stderr.take().expect("stderr")));
-        Self {
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    /// The next stdout line, e.g. `held term=3 at=123`; `None` at the deadline
-    /// or when the process ended.
-    pub fn try_line(&self, within: Duration) -> Option<String> {
-        self.lines.recv_timeout(within).ok()
-    }
-
-    pub fn line(&self, within: Duration) -> String {
-        self.try_line(within).unwrap_or_else(|| {
-            panic!(
-                "no line within {within:?}; stderr: {}",
-                self.stderr_so_far()
-            )
-        })
-    }
-
-    /// The next stdout line that starts with `prefix`.
-    pub fn line_starting(&self, prefix: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.line(left);
-            if line.starts_with(prefix) {
-                return line;
-            }
-        }
-    }
-
-    /// Everything on stderr so far.
-    pub fn stderr_so_far(&self) -> String {
-        let mut text = String::new();
-        while let Ok(line) = self.stderr.try_recv() {
-            let _ = writeln!(text, "{line}");
-        }
-        text
-    }
-
-    /// Waits for the exit.
-    pub fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "still running after {within:?}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Stderr after the exit (all of it).
-    pub fn stderr_all(&self) -> String {
-        let mut text = String::new();
-        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(2)) {
-            let _ = writeln!(text, "{line}");
-        }
-        text
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn field(line: &str, name: &str) -> i128 {
-    line.split_whitespace()
-        .find_map(|word| word.strip_prefix(&format!("{name}=")))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
-}
-
-/// The fixture that holds a `PgLock` (tests/fixtures/pg_engine.rs).
-pub fn engine(url: &str, key: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fixture-pg-engine"));
-    command
-        .env("PIDLOCK_TEST_POSTGRES_URL", url)
-        .env("PIDLOCK_TEST_KEY", key);
-    command
-}
-
-/// Short lease settings (lease 2 s, heartbeat 0.5 s, grace 1 s, server
-/// timeout `server_timeout`).
-pub fn short_lease(command: &mut Command, server_timeout: Duration) -> &mut Command {
-    command
-        .env("PIDLOCK_TEST_LEASE_MS", "2000")
-        .env("PIDLOCK_TEST_HEARTBEAT_MS", "500")
-        .env("PIDLOCK_TEST_GRACE_MS", "1000")
-        .env(
-            "PIDLOCK_TEST_SERVER_TIMEOUT_MS",
-            server_timeout.as_millis().to_string(),
-        )
-}
-
-pub fn ms(ns: i128) -> f64 {
-    ns as f64 / 1e6
 }
