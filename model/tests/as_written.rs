@@ -93,6 +93,7 @@ fn as_written_a_start_killed_during_an_unfrozen_swap_hides_the_running_instance(
         Config {
             instances: vec![Policy::Exit, Policy::Exit, Policy::Exit],
             crash: true,
+            reader_holds_at_start: true,
             ..Config::exclusive_reader()
         },
         names::NO_TWO_INSTANCES,
@@ -100,7 +101,7 @@ fn as_written_a_start_killed_during_an_unfrozen_swap_hides_the_running_instance(
     assert!(trace.contains("the temporary name file A"), "{trace}");
     assert!(trace.contains("is killed (SIGKILL)"), "{trace}");
     assert!(
-        trace.contains("I1 (pid 1): Write, has file A (locked), owner"),
+        trace.contains(": Write, has file A (locked), owner"),
         "{trace}"
     );
 }

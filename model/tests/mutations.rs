@@ -172,10 +172,8 @@ fn without_turns_three_starts_move_a_running_instances_file_away() {
         names::NO_TWO_INSTANCES,
     );
     assert!(trace.contains("NO turn (mutation)"), "{trace}");
-    assert!(
-        trace.contains("which I1 (pid 1) holds and runs on"),
-        "{trace}"
-    );
+    assert!(trace.contains("swaps back"), "{trace}");
+    assert!(trace.contains("holds and runs on"), "{trace}");
 }
 
 /// Without the second look after swapping a file it could not freeze, a
@@ -192,8 +190,5 @@ fn without_the_second_look_an_instance_that_locked_the_old_file_runs_beside_the_
         names::NO_TWO_INSTANCES,
     );
     assert!(trace.contains("NO second look"), "{trace}");
-    assert!(
-        trace.contains("which I1 (pid 1) holds and runs on"),
-        "{trace}"
-    );
+    assert!(trace.contains("holds and runs on"), "{trace}");
 }

@@ -117,6 +117,10 @@ pub struct Config {
     pub reader_locks: Vec<Lock>,
     /// The reader may let go (close) once; else it holds for ever.
     pub reader_lets_go: bool,
+    /// The reader already holds the first of `reader_locks` on the file
+    /// there at the start (it opened the crashed instance's file before);
+    /// else it opens and locks whatever the path names when it likes.
+    pub reader_holds_at_start: bool,
     /// What the directory holds at the start: nothing, or a file left by a
     /// process that died (stale PID, garbage).
     pub initial_files: Vec<Option<Contents>>,
@@ -262,15 +266,15 @@ impl Config {
         }
     }
 
-    /// A reader of another user holds the stale file of a crashed instance
-    /// with a shared lock, and may let go; three instances start (and may
+    /// A reader of another user takes a shared lock on the file the path
+    /// names, when it likes (the stale file of a crashed instance, or one a
+    /// start just made), and never lets go; three instances start (and may
     /// return, exit or be killed).
     pub fn shared_reader() -> Self {
         Self {
             instances: vec![Policy::Exit, Policy::Exit, Policy::Exit],
             crash: true,
             reader_locks: vec![Lock::Shared],
-            reader_lets_go: true,
             initial_files: vec![Some(Contents::Pid(STALE_PID))],
             // An acquirer that froze a file its holder unlinked, while a
             // newcomer's file at the path, not locked yet, is taken by the
@@ -322,6 +326,7 @@ impl Config {
             pid_reuse: false,
             reader_locks: Vec::new(),
             reader_lets_go: false,
+            reader_holds_at_start: false,
             initial_files: vec![None],
             solo_bound: 0,
             mutations: Mutations::default(),
@@ -469,11 +474,22 @@ impl OneHost {
         if let Some(slot) = self.layout.stopper {
             procs[slot] = Proc::new(Role::Stopper, slot as Pid + 1, Pc::StopOpen);
         }
+        let mut kernel = Kernel::new(file);
         if let Some(slot) = self.layout.reader {
             procs[slot] = Proc::new(Role::Reader, slot as Pid + 1, Pc::ReaderOpen);
+            if let (true, Some(inode), Some(&lock)) = (
+                self.config.reader_holds_at_start,
+                kernel.entry,
+                self.config.reader_locks.first(),
+            ) {
+                let fd = kernel.open(inode, true);
+                kernel.lock(fd, lock, slot as Pid + 1);
+                procs[slot].fd = Some(fd);
+                procs[slot].pc = Pc::ReaderHold;
+            }
         }
         State {
-            kernel: Kernel::new(file),
+            kernel,
             procs,
             rm_left: self.config.outside_rm,
             reuse_left: self.config.pid_reuse,
