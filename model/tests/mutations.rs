@@ -1,5 +1,7 @@
 //! Each safeguard matters: with it taken out of the model, the checker
-//! finds a counterexample, printed as a trace.
+//! finds a counterexample, printed as a trace. Each runs on a configuration
+//! of `one_host.rs` (or one with fewer behaviours), where the property
+//! holds with the safeguard in.
 
 use pidlock_model::checking::until;
 use pidlock_model::one_host::{Config, Mutations, OneHost, names, render::render};
@@ -30,22 +32,69 @@ fn without_the_identity_check_two_instances_run() {
         },
         names::NO_TWO_INSTANCES,
     );
+    assert!(trace.contains("NO post-lock identity check"), "{trace}");
     assert!(trace.contains("unlinkat(path) removes"), "{trace}");
 }
 
 /// Without the owner check on the exit paths, a forked child that exits
-/// removes its parent's file while the parent runs.
+/// removes the file its parent is leaving to it.
 #[test]
 fn without_the_owner_check_a_fork_child_unlinks_the_parents_file() {
     let trace = counterexample(
-        Config::fork_and_reuse(),
+        Config::fork_and_takeover(),
         Mutations {
             no_owner_check: true,
             ..Mutations::default()
         },
         names::ONLY_OWNER_MODIFIES,
     );
+    assert!(trace.contains("NO owner check (mutation)"), "{trace}");
     assert!(trace.contains("child (pid 3) unlinkat"), "{trace}");
+}
+
+/// With the owner told by its PID number alone, a fork child that is PID 1
+/// of a nested namespace (as its parent is of its container) passes for
+/// the owner: its exit removes the file while the owner leaves it to the
+/// child. The sharers pipe does not save it: the owner's `leave` closed its
+/// write end, so the child's read sees end of file.
+#[test]
+fn with_the_owner_told_by_pid_alone_a_namespaced_child_unlinks_the_owners_file() {
+    let trace = counterexample(
+        Config::fork_in_a_pid_namespace(),
+        Mutations {
+            owner_pid_only: true,
+            ..Mutations::default()
+        },
+        names::ONLY_OWNER_MODIFIES,
+    );
+    assert!(
+        trace.contains("owner check by PID number only passes (MUTATION)"),
+        "{trace}"
+    );
+    assert!(trace.contains("child (pid 1) unlinkat"), "{trace}");
+}
+
+/// Without the sharers pipe (FreeBSD's `pidfile_inherited`): the parent
+/// takes the lock, forks, and lets go, removing the file; a newcomer
+/// creates a new one and runs beside the child, which still holds the lock.
+#[test]
+fn without_the_sharers_pipe_a_newcomer_runs_beside_the_child() {
+    let trace = counterexample(
+        Config {
+            pipe_can_fail: false,
+            ..Config::fork_in_a_pid_namespace()
+        },
+        Mutations {
+            unlink_regardless: true,
+            ..Mutations::default()
+        },
+        names::NO_TWO_INSTANCES,
+    );
+    assert!(trace.contains("does NOT ask the sharers pipe"), "{trace}");
+    assert!(
+        trace.contains("child (pid 1): Run, has file A (locked)"),
+        "{trace}"
+    );
 }
 
 /// With the holder taken from /proc/locks (whoever took the lock), a stop
@@ -62,4 +111,94 @@ fn with_holders_from_proc_locks_a_reused_pid_is_signalled() {
         names::SIGNAL_ONLY_HOLDERS,
     );
     assert!(trace.contains("reaches unrelated"), "{trace}");
+}
+
+/// With SIGKILL sent to whoever holds the inode when the timeout runs out,
+/// `stop --kill` kills the standby that took over: the holder dies of the
+/// SIGTERM without removing its file (it has no handler yet, as with
+/// `signals = "none"`), a second instance locks the same inode, checks it
+/// and runs, and the timeout's SIGKILL reaches it.
+#[test]
+fn killing_whoever_holds_the_inode_kills_the_instance_that_took_over() {
+    let trace = counterexample(
+        Config {
+            fork: false,
+            leave: false,
+            ..Config::fork_and_stop()
+        },
+        Mutations {
+            kill_current_holders: true,
+            ..Mutations::default()
+        },
+        names::SIGNAL_ONLY_HOLDERS,
+    );
+    // The process killed registered its guard after the stop's SIGTERM.
+    let sigterm = trace.find("pidfd_send_signal(SIGTERM) reaches");
+    let took_over = trace.rfind("the locked file: guard registered");
+    assert!(
+        matches!((sigterm, took_over), (Some(s), Some(t)) if s < t),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("SIGKILL to whoever holds the inode now (MUTATION)"),
+        "{trace}"
+    );
+}
+
+/// Without the shared-lock probe and the replacement, a reader's shared
+/// lock keeps a start from ever running: it is retried, then reported as
+/// an instance nobody could verify.
+#[test]
+fn without_replacement_a_reader_blocks_a_start() {
+    let trace = counterexample(
+        Config::shared_reader(),
+        Mutations {
+            no_replacement: true,
+            ..Mutations::default()
+        },
+        names::READERS_NEVER_BLOCK,
+    );
+    assert!(trace.contains("NO shared-lock probe (mutation)"), "{trace}");
+    assert!(trace.contains("(shared lock)"), "{trace}");
+}
+
+/// Without turns, three starts replace the same frozen file at once: one
+/// swaps in its file and runs; the other two each swap out a file that is
+/// not the one they froze, and swap back in an order that leaves a third
+/// file at the path and removes the running instance's, under a temporary
+/// name. The third start then locks the file at the path and runs too.
+#[test]
+fn without_turns_three_starts_move_a_running_instances_file_away() {
+    let trace = counterexample(
+        Config {
+            crash: false,
+            leave: false,
+            ..Config::shared_reader()
+        },
+        Mutations {
+            no_turns: true,
+            ..Mutations::default()
+        },
+        names::NO_TWO_INSTANCES,
+    );
+    assert!(trace.contains("NO turn (mutation)"), "{trace}");
+    assert!(trace.contains("swaps back"), "{trace}");
+    assert!(trace.contains("holds and runs on"), "{trace}");
+}
+
+/// Without the second look after swapping a file it could not freeze, a
+/// start removes the old file that an instance locked (and checked) between
+/// the reader letting go and the swap, and runs beside it.
+#[test]
+fn without_the_second_look_an_instance_that_locked_the_old_file_runs_beside_the_new_one() {
+    let trace = counterexample(
+        Config::exclusive_reader(),
+        Mutations {
+            no_recheck: true,
+            ..Mutations::default()
+        },
+        names::NO_TWO_INSTANCES,
+    );
+    assert!(trace.contains("NO second look"), "{trace}");
+    assert!(trace.contains("holds and runs on"), "{trace}");
 }

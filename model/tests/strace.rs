@@ -1,6 +1,7 @@
 //! Ties the model to the code: the system calls the real library makes on
-//! the PID file, recorded with strace, come in the order of the model's
-//! steps for the same scenario (`one_host::scenarios`).
+//! the PID file (and, when it replaces a file readers hold, on its temporary
+//! file and the replacement lock), recorded with strace, come in the order
+//! of the model's steps for the same scenario (`one_host::scenarios`).
 //!
 //! Each scenario runs in its own PID namespace when `unshare` allows it, so
 //! that `holders::find` scans only the fixture's processes: on a shared
@@ -13,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use pidlock_model::one_host::scenarios::{self, *};
 
-const TRACED: &str = "openat,flock,?fstatat,newfstatat,?fstat,pwrite64,ftruncate,unlinkat,close";
+const TRACED: &str =
+    "openat,flock,?fstatat,newfstatat,?fstat,pwrite64,ftruncate,unlinkat,renameat2,close";
 const NAME: &str = "model.pid";
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -37,6 +39,18 @@ fn a_conflict_makes_the_models_calls() {
          while ! grep -q locked held; do sleep 0.01; done; "
     );
     compare("conflict", &setup, conflict());
+}
+
+#[test]
+fn replacing_a_file_a_reader_holds_makes_the_models_calls() {
+    // A reader holds a shared lock on a stale file (flock(1), which opens
+    // it read-only) until its stdin, a FIFO, closes.
+    let setup = format!(
+        "printf '999999\\n' > {NAME}; mkfifo in; \
+         flock -s {NAME} sh -c 'echo held > held; exec cat > /dev/null' < in & exec 3> in; \
+         while ! grep -q held held 2>/dev/null; do sleep 0.01; done; "
+    );
+    compare("pinned by a reader", &setup, pinned_by_a_reader());
 }
 
 /// Runs `setup`, then the traced fixture (`once`), in a fresh directory, and
@@ -111,12 +125,34 @@ fn run_isolated(script: &str) {
     }
 }
 
-/// The calls on the PID file, named as the model names them: those naming
-/// it through the directory descriptor, and those on a descriptor an
-/// `openat` of it returned (until that descriptor is closed).
+/// Which of the files a name or a descriptor is.
+#[derive(Clone, Copy, PartialEq)]
+enum File {
+    /// The PID file, or a temporary file that becomes it.
+    Pid,
+    Temporary,
+    /// The replacement lock.
+    Turn,
+}
+
+/// The calls on the PID file, a temporary file and the replacement lock,
+/// named as the model names them: those naming one of them through the
+/// directory descriptor, and those on a descriptor an `openat` of one
+/// returned (until that descriptor is closed).
 fn calls_on_the_file(trace: &str, name: &str) -> Vec<&'static str> {
-    let quoted = format!("\"{name}\"");
-    let mut fds: Vec<i64> = Vec::new();
+    let which = |quoted: &str| {
+        let file = quoted.strip_prefix('"')?.strip_suffix('"')?;
+        if file == name {
+            Some(File::Pid)
+        } else if file == format!(".{name}.replace") {
+            Some(File::Turn)
+        } else if file.starts_with(&format!(".{name}.")) && file.ends_with(".pidlock") {
+            Some(File::Temporary)
+        } else {
+            None
+        }
+    };
+    let mut fds: Vec<(i64, File)> = Vec::new();
     let mut calls = Vec::new();
     for line in trace.lines() {
         // "<pid>  call(args) = ret"
@@ -126,35 +162,63 @@ fn calls_on_the_file(trace: &str, name: &str) -> Vec<&'static str> {
         let Some((call, rest)) = line.split_once('(') else {
             continue;
         };
-        let first = rest.split([',', ')']).next().unwrap_or("").trim();
-        let on_file = first.parse::<i64>().is_ok_and(|fd| fds.contains(&fd));
-        let names_file = rest.starts_with(&format!("{first}, {quoted}"));
+        let mut args = rest.split([',', ')']).map(str::trim);
+        let first = args.next().unwrap_or("");
+        // The name after the directory descriptor, if it is one of ours.
+        let named = args.next().and_then(which);
+        let on = first
+            .parse::<i64>()
+            .ok()
+            .and_then(|fd| fds.iter().find(|(open, _)| *open == fd).map(|&(_, f)| f));
         let result = rest
             .rsplit_once(" = ")
             .and_then(|(_, r)| r.split_whitespace().next())
             .and_then(|r| r.parse::<i64>().ok());
-        let call = match call {
-            "openat" if names_file => {
+        let call = match (call, named, on) {
+            ("openat", Some(file), _) => {
                 if let Some(fd) = result.filter(|&fd| fd >= 0) {
-                    fds.push(fd);
+                    let kind = if file == File::Turn {
+                        File::Turn
+                    } else {
+                        File::Pid
+                    };
+                    fds.push((fd, kind));
                 }
-                if rest.contains("O_EXCL") {
-                    OPENAT_EXCL
-                } else {
-                    OPENAT
+                match file {
+                    File::Pid if rest.contains("O_EXCL") => OPENAT_EXCL,
+                    File::Pid => OPENAT,
+                    File::Temporary => OPENAT_TEMP,
+                    File::Turn => OPENAT_TURN,
                 }
             }
-            "newfstatat" | "fstatat" if names_file => FSTATAT,
-            "newfstatat" | "fstatat" if on_file && rest.contains("AT_EMPTY_PATH") => FSTAT,
-            "fstat" if on_file => FSTAT,
-            "flock" if on_file => FLOCK,
-            "pwrite64" if on_file => PWRITE,
-            "ftruncate" if on_file => FTRUNCATE,
-            "unlinkat" if names_file => UNLINKAT,
-            "close" if on_file => {
+            ("newfstatat" | "fstatat", Some(File::Pid), _) => FSTATAT,
+            ("newfstatat" | "fstatat", Some(File::Temporary), _) => FSTATAT_TEMP,
+            ("newfstatat" | "fstatat", Some(File::Turn), _) => FSTATAT_TURN,
+            ("newfstatat", _, Some(file)) if rest.contains("AT_EMPTY_PATH") => {
+                if file == File::Turn {
+                    FSTAT_TURN
+                } else {
+                    FSTAT
+                }
+            }
+            ("fstat", _, Some(File::Turn)) => FSTAT_TURN,
+            ("fstat", _, Some(_)) => FSTAT,
+            ("flock", _, Some(File::Turn)) => FLOCK_TURN,
+            ("flock", _, Some(_)) => FLOCK,
+            ("pwrite64", _, Some(_)) => PWRITE,
+            ("ftruncate", _, Some(_)) => FTRUNCATE,
+            ("unlinkat", Some(File::Pid), _) => UNLINKAT,
+            ("unlinkat", Some(File::Temporary), _) => UNLINKAT_TEMP,
+            ("unlinkat", Some(File::Turn), _) => UNLINKAT_TURN,
+            ("renameat2", Some(_), _) if rest.contains("RENAME_EXCHANGE") => EXCHANGE,
+            ("close", _, Some(file)) => {
                 let fd = first.parse::<i64>().unwrap();
-                fds.retain(|&open| open != fd);
-                CLOSE
+                fds.retain(|&(open, _)| open != fd);
+                if file == File::Turn {
+                    CLOSE_TURN
+                } else {
+                    CLOSE
+                }
             }
             _ => continue,
         };
@@ -177,5 +241,36 @@ fn the_trace_reader_follows_the_files_descriptor() {
     assert_eq!(
         calls_on_the_file(trace, "model.pid"),
         [OPENAT_EXCL, FSTAT, FLOCK, CLOSE]
+    );
+}
+
+#[test]
+fn the_trace_reader_follows_the_temporary_file_and_the_turn() {
+    let trace = "7  openat(3, \".model.pid.replace\", O_RDWR|O_CREAT|O_NOFOLLOW|O_CLOEXEC, 0600) = 5\n\
+                 7  flock(5, LOCK_EX|LOCK_NB) = 0\n\
+                 7  newfstatat(3, \".model.pid.replace\", {st_mode=S_IFREG|0600, ...}, AT_SYMLINK_NOFOLLOW) = 0\n\
+                 7  openat(3, \".model.pid.7.0.pidlock\", O_RDWR|O_CREAT|O_EXCL, 0644) = 6\n\
+                 7  flock(6, LOCK_EX|LOCK_NB) = 0\n\
+                 7  renameat2(3, \".model.pid.7.0.pidlock\", 3, \"model.pid\", RENAME_EXCHANGE) = 0\n\
+                 7  unlinkat(3, \".model.pid.7.0.pidlock\", 0) = 0\n\
+                 7  unlinkat(3, \".model.pid.replace\", 0) = 0\n\
+                 7  close(5) = 0\n\
+                 7  pwrite64(6, \"7\\n\", 2, 0) = 2\n\
+                 7  close(6) = 0\n";
+    assert_eq!(
+        calls_on_the_file(trace, "model.pid"),
+        [
+            OPENAT_TURN,
+            FLOCK_TURN,
+            FSTATAT_TURN,
+            OPENAT_TEMP,
+            FLOCK,
+            EXCHANGE,
+            UNLINKAT_TEMP,
+            UNLINKAT_TURN,
+            CLOSE_TURN,
+            PWRITE,
+            CLOSE
+        ]
     );
 }

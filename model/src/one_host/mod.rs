@@ -1,6 +1,6 @@
 //! The lock protocol on one host (SPEC §4, §5, §10) as a state machine.
 //!
-//! A state is the directory entry, the inodes, the open file descriptions
+//! A state is the directory's names, the inodes, the open file descriptions
 //! and the processes ([`State`]). A step is one system call or one decision
 //! of the code, taken by one process (module `steps`); any process may be killed
 //! at any step, the file may be removed from outside, and a dead process's
@@ -17,8 +17,8 @@ mod steps;
 
 use stateright::{Model, Property};
 
-pub use kernel::{Contents, Kernel, Pid, STALE_PID};
-pub use process::{Leaving, Pc, Policy, Proc, Role};
+pub use kernel::{Contents, Kernel, Lock, Pid, STALE_PID};
+pub use process::{Leaving, Owner, Pc, Pipe, Policy, Proc, Role, Then};
 pub use properties::names;
 pub use solo::solo_steps;
 
@@ -34,9 +34,53 @@ pub struct Mutations {
     pub no_identity_check: bool,
     /// `release_now` and `remove_held_files` skip `Owner::is_current`.
     pub no_owner_check: bool,
+    /// `Owner::is_current` compares the PID number only, without the fork
+    /// generation.
+    pub owner_pid_only: bool,
+    /// `let_go` removes the file without asking the sharers pipe.
+    pub unlink_regardless: bool,
     /// `holders::find`/`holds` take the PID `/proc/locks` shows (whoever
     /// took the lock) instead of the processes whose descriptors hold it.
     pub holders_from_proc_locks: bool,
+    /// `busy` never replaces a file that only readers hold: no shared-lock
+    /// probe, readers ignored, the lock retried and then reported (the code
+    /// before readers were told apart).
+    pub no_replacement: bool,
+    /// `replace` without turns: no replacement lock, no check that the path
+    /// still names the pinned file before the swap.
+    pub no_turns: bool,
+    /// `replace` trusts a file it could not freeze without looking again
+    /// after the swap (no `only_readers_hold`).
+    pub no_recheck: bool,
+    /// `stop` and takeover SIGKILL whoever holds the inode when their
+    /// timeout runs out, not the pins that still hold it.
+    pub kill_current_holders: bool,
+}
+
+/// Changes to the code that the model proposes for faults it found (README,
+/// "What is proven"): each is off, the code as written, unless a
+/// configuration turns it on; the tests that show each fault run without
+/// it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fixes {
+    /// `Sharers::leave` remembers its answer: a second `let_go` of the same
+    /// lock (a signal handler that runs while `release_now` leaves the file
+    /// to sharers) answers `Shared` again instead of `Alone`.
+    pub leave_remembers: bool,
+    /// A lock whose sharers pipe could not be made (`pipe2` failed in the
+    /// fork hook) counts as shared, as `Sharers::ensure`'s comment says.
+    pub failed_pipe_shares: bool,
+    /// `replace` looks again when the exchange finds the path gone
+    /// (`ENOENT`), as `open_file` does, instead of returning the error.
+    pub retry_vanished_path: bool,
+}
+
+impl Fixes {
+    pub const ALL: Self = Self {
+        leave_remembers: true,
+        failed_pipe_shares: true,
+        retry_vanished_path: true,
+    };
 }
 
 /// What a check explores.
@@ -45,77 +89,248 @@ pub struct Config {
     /// Programs under `#[single_instance]`, with PIDs 1, 2, ...; each starts
     /// once, whenever it likes.
     pub instances: Vec<Policy>,
+    /// Instances may return from `main` or call `exit`; if not, they run
+    /// until they are killed.
+    pub leave: bool,
     /// The first instance may `fork()` once while it holds the lock.
     pub fork: bool,
+    /// The fork child has its parent's PID number: it is PID 1 of a nested
+    /// PID namespace, and so is the parent in its container.
+    pub child_same_pid: bool,
+    /// The fork hook's `pipe2` may fail (`EMFILE`): the lock then has no
+    /// sharers pipe.
+    pub pipe_can_fail: bool,
     /// The fork child may call `daemonized()`.
     pub daemonize: bool,
     /// An owner may `restart()` (exec) once.
     pub restart: bool,
-    /// Processes may be SIGKILLed at any step.
+    /// Instances (and the fork child) may be SIGKILLed at any step.
     pub crash: bool,
     /// How many times `rm` may remove the file from outside.
     pub outside_rm: u8,
-    /// A `pidlock stop` runs.
+    /// A `pidlock stop --kill` runs.
     pub stopper: bool,
     /// A dead process's PID may be given to an unrelated process (once).
     pub pid_reuse: bool,
+    /// A reader (another user, read-only) opens the file and takes one of
+    /// these locks; none, no reader.
+    pub reader_locks: Vec<Lock>,
+    /// The reader may let go (close) once; else it holds for ever.
+    pub reader_lets_go: bool,
+    /// The reader already holds the first of `reader_locks` on the file
+    /// there at the start (it opened the crashed instance's file before);
+    /// else it opens and locks whatever the path names when it likes.
+    pub reader_holds_at_start: bool,
     /// What the directory holds at the start: nothing, or a file left by a
     /// process that died (stale PID, garbage).
     pub initial_files: Vec<Option<Contents>>,
-    /// Property (e): how many of its own steps an acquirer needs, alone, to
-    /// get a lock nobody else holds. Each configuration derives its own; the
-    /// checker shows it is never exceeded and is reached.
+    /// Properties (e) and (f): how many of its own steps an acquirer needs,
+    /// alone, to get a lock nobody but readers holds. Each configuration
+    /// derives its own; the checker shows it is never exceeded and is
+    /// reached.
     pub solo_bound: usize,
     pub mutations: Mutations,
+    pub fixes: Fixes,
 }
 
 impl Config {
     /// Three instances racing (one of them waits instead of giving up),
-    /// with crashes, an outside `rm` and a restart.
+    /// from no file, a stale file or garbage, with crashes and a restart.
     pub fn three_instances() -> Self {
         Self {
             instances: vec![Policy::Exit, Policy::Exit, Policy::Wait],
-            fork: false,
-            daemonize: false,
             restart: true,
             crash: true,
-            outside_rm: 1,
-            stopper: false,
-            pid_reuse: false,
             initial_files: vec![
                 None,
                 Some(Contents::Pid(STALE_PID)),
                 Some(Contents::Garbage),
             ],
             // An acquirer whose flock met a holder that has since unlinked
-            // its file and gone: holders::find (none), flock again, the
-            // post-lock fstatat (stale), close, openat(O_EXCL) -> EEXIST
-            // (a newcomer's file, not locked yet), fstatat,
-            // openat, flock, fstatat, pwrite.
+            // its file and gone: the shared probe (now free, so frozen), the
+            // turn's openat, its flock (+ fstatat(path): gone), the turn
+            // over, openat(O_EXCL) (EEXIST: a newcomer's file, not locked
+            // yet), fstatat, openat, flock, fstatat, pwrite.
             solo_bound: 10,
-            mutations: Mutations::default(),
+            ..Self::none()
         }
     }
 
-    /// An instance that forks (the child may daemonize), one that takes
-    /// over, `pidlock stop`, crashes and PID reuse.
-    pub fn fork_and_reuse() -> Self {
+    /// Two instances (one waits) with crashes and a restart, and an `rm`
+    /// of the file from outside at any moment.
+    pub fn outside_rm() -> Self {
+        Self {
+            instances: vec![Policy::Exit, Policy::Wait],
+            restart: true,
+            crash: true,
+            outside_rm: 1,
+            initial_files: vec![
+                None,
+                Some(Contents::Pid(STALE_PID)),
+                Some(Contents::Garbage),
+            ],
+            // As for three instances.
+            solo_bound: 10,
+            fixes: Fixes {
+                retry_vanished_path: true,
+                ..Fixes::default()
+            },
+            ..Self::none()
+        }
+    }
+
+    /// An instance that forks (the child may daemonize, live on after its
+    /// parent let go, or just exit) and one that takes over, with crashes.
+    pub fn fork_and_takeover() -> Self {
         Self {
             instances: vec![Policy::Exit, Policy::Takeover],
             fork: true,
             daemonize: true,
-            restart: false,
             crash: true,
-            outside_rm: 0,
+            initial_files: vec![None, Some(Contents::Pid(STALE_PID))],
+            // An acquirer whose flock met a holder that has since unlinked
+            // its file and gone: the shared probe, the turn's openat, its
+            // flock (the path names nothing now), the turn over,
+            // openat(O_EXCL), flock, fstatat, pwrite.
+            solo_bound: 8,
+            fixes: Fixes {
+                leave_remembers: true,
+                ..Fixes::default()
+            },
+            ..Self::none()
+        }
+    }
+
+    /// An instance that forks, `pidlock stop --kill`, and a second instance
+    /// that may start on the file the stopped holder leaves; crashes.
+    pub fn fork_and_stop() -> Self {
+        Self {
+            instances: vec![Policy::Exit, Policy::Exit],
+            fork: true,
+            crash: true,
+            stopper: true,
+            initial_files: vec![None],
+            // As for fork and takeover.
+            solo_bound: 8,
+            fixes: Fixes {
+                leave_remembers: true,
+                ..Fixes::default()
+            },
+            ..Self::none()
+        }
+    }
+
+    /// An instance that forks (the child may daemonize), `pidlock stop
+    /// --kill`, crashes, and a dead process's PID given to an unrelated
+    /// process.
+    pub fn fork_and_reuse() -> Self {
+        Self {
+            instances: vec![Policy::Exit],
+            fork: true,
+            daemonize: true,
+            crash: true,
             stopper: true,
             pid_reuse: true,
             initial_files: vec![None, Some(Contents::Pid(STALE_PID))],
-            // A takeover whose holder let go and unlinked the file after the
-            // holders were found: pidfd_open, holds (no), the wait's flock,
-            // the post-lock fstatat (stale), close, openat(O_EXCL), flock,
+            // An acquirer whose holder was killed after it opened the file:
+            // openat(O_EXCL) -> EEXIST, fstatat, openat, flock, fstatat,
+            // pwrite.
+            solo_bound: 6,
+            fixes: Fixes {
+                leave_remembers: true,
+                ..Fixes::default()
+            },
+            ..Self::none()
+        }
+    }
+
+    /// An instance that forks a child which lives on after the parent
+    /// returns, exits or is killed; the child is PID 1 of a nested PID
+    /// namespace, as its parent is of its container, and the fork hook's
+    /// `pipe2` may fail. A second instance starts whenever it likes.
+    pub fn fork_in_a_pid_namespace() -> Self {
+        Self {
+            instances: vec![Policy::Exit, Policy::Exit],
+            fork: true,
+            child_same_pid: true,
+            pipe_can_fail: true,
+            crash: true,
+            fixes: Fixes {
+                failed_pipe_shares: true,
+                ..Fixes::default()
+            },
+            initial_files: vec![None],
+            // As for fork and takeover.
+            solo_bound: 8,
+            ..Self::none()
+        }
+    }
+
+    /// A reader of another user takes a shared lock on the file the path
+    /// names, when it likes (the stale file of a crashed instance, or one a
+    /// start just made), and never lets go; three instances start (and may
+    /// return, exit or be killed).
+    pub fn shared_reader() -> Self {
+        Self {
+            instances: vec![Policy::Exit, Policy::Exit, Policy::Exit],
+            crash: true,
+            reader_locks: vec![Lock::Shared],
+            initial_files: vec![Some(Contents::Pid(STALE_PID))],
+            // An acquirer that froze a file its holder unlinked, while a
+            // newcomer's file at the path, not locked yet, is taken by the
+            // reader: the shared probe, the turn (openat, flock + the path's
+            // fstatat: another file), the turn over; openat(O_EXCL),
+            // fstatat, openat, flock, the shared probe (frozen), the turn
+            // (openat, flock + fstatat + the temporary), renameat2, the turn
+            // over, fstatat, pwrite.
+            solo_bound: 15,
+            ..Self::none()
+        }
+    }
+
+    /// A reader of another user holds the stale file exclusively through a
+    /// read-only descriptor, and may let go; two instances start and run.
+    /// They neither leave nor die: a release or a kill during a swap of a
+    /// file that could not be frozen is what the model found unsafe (the
+    /// tests named `as_written_...`).
+    pub fn exclusive_reader() -> Self {
+        Self {
+            instances: vec![Policy::Exit, Policy::Exit],
+            leave: false,
+            reader_locks: vec![Lock::Exclusive],
+            reader_lets_go: true,
+            initial_files: vec![Some(Contents::Pid(STALE_PID))],
+            // The reader holds it exclusively: openat(O_EXCL), fstatat,
+            // openat, flock, the shared probe, the holders (pinned, not
+            // frozen), the turn's openat, its flock (+ fstatat(path) + the
+            // temporary), renameat2, the second look, the turn over,
             // fstatat, pwrite.
-            solo_bound: 9,
+            solo_bound: 13,
+            ..Self::none()
+        }
+    }
+
+    /// Nothing but what a constructor sets.
+    fn none() -> Self {
+        Self {
+            instances: Vec::new(),
+            leave: true,
+            fork: false,
+            child_same_pid: false,
+            pipe_can_fail: false,
+            daemonize: false,
+            restart: false,
+            crash: false,
+            outside_rm: 0,
+            stopper: false,
+            pid_reuse: false,
+            reader_locks: Vec::new(),
+            reader_lets_go: false,
+            reader_holds_at_start: false,
+            initial_files: vec![None],
+            solo_bound: 0,
             mutations: Mutations::default(),
+            fixes: Fixes::default(),
         }
     }
 
@@ -125,9 +340,16 @@ impl Config {
         self
     }
 
-    /// Slot layout: instances, then the fork child, the stopper and the
-    /// unrelated process. PIDs follow the slots; the unrelated process gets
-    /// a reused one.
+    /// The code as written: none of the model's proposed fixes.
+    #[must_use]
+    pub fn as_written(mut self) -> Self {
+        self.fixes = Fixes::default();
+        self
+    }
+
+    /// Slot layout: instances, then the fork child, the stopper, the
+    /// unrelated process and the reader. PIDs follow the slots; the
+    /// unrelated process gets a reused one.
     fn layout(&self) -> Layout {
         let mut next = self.instances.len();
         let mut take = |wanted: bool| {
@@ -140,6 +362,7 @@ impl Config {
             child: take(self.fork),
             stopper: take(self.stopper),
             unrelated: take(self.pid_reuse),
+            reader: take(!self.reader_locks.is_empty()),
         };
         assert!(next <= SLOTS, "too many processes for {SLOTS} slots");
         layout
@@ -151,13 +374,15 @@ struct Layout {
     child: Option<usize>,
     stopper: Option<usize>,
     unrelated: Option<usize>,
+    reader: Option<usize>,
 }
 
 /// Sticky marks of a step that broke a rule; the properties read them.
 pub mod broke {
     /// A process unlinked, wrote or truncated an inode it does not own.
     pub const MODIFY: u8 = 1;
-    /// A signal reached a process that did not hold the lock when checked.
+    /// A signal reached a process that was not verified as holding the lock
+    /// when the stop or takeover began.
     pub const SIGNAL: u8 = 2;
 }
 
@@ -194,15 +419,19 @@ pub enum Step {
     ReturnFromMain,
     /// `std::process::exit` (the `atexit` handler).
     Exit,
-    /// `fork()`.
-    Fork,
+    /// `fork()`; false when the fork hook's `pipe2` failed.
+    Fork { pipe: bool },
     /// `pidlock_core::restart()`.
     Exec,
     /// `pidlock_core::daemonized()`.
     Daemonize,
     /// A wait runs out (`acquire_timeout`, takeover's grace, daemonized's
-    /// patience).
+    /// patience, the turn's patience, `stop`'s timeout).
     GiveUp,
+    /// A reader's `flock` of this mode.
+    Take(Lock),
+    /// A reader closes its descriptor.
+    LetGo,
 }
 
 /// The model. `normalize` renumbers inodes and descriptions canonically
@@ -245,8 +474,22 @@ impl OneHost {
         if let Some(slot) = self.layout.stopper {
             procs[slot] = Proc::new(Role::Stopper, slot as Pid + 1, Pc::StopOpen);
         }
+        let mut kernel = Kernel::new(file);
+        if let Some(slot) = self.layout.reader {
+            procs[slot] = Proc::new(Role::Reader, slot as Pid + 1, Pc::ReaderOpen);
+            if let (true, Some(inode), Some(&lock)) = (
+                self.config.reader_holds_at_start,
+                kernel.entry,
+                self.config.reader_locks.first(),
+            ) {
+                let fd = kernel.open(inode, true);
+                kernel.lock(fd, lock, slot as Pid + 1);
+                procs[slot].fd = Some(fd);
+                procs[slot].pc = Pc::ReaderHold;
+            }
+        }
         State {
-            kernel: Kernel::new(file),
+            kernel,
             procs,
             rm_left: self.config.outside_rm,
             reuse_left: self.config.pid_reuse,
@@ -284,7 +527,7 @@ impl OneHost {
             procs
                 .iter()
                 .filter(|p| p.alive())
-                .any(|p| p.fd == Some(description) || p.kept == Some(description))
+                .any(|p| p.descriptors().contains(&Some(description)))
         });
         if self.normalize {
             normalize(state);
@@ -292,21 +535,27 @@ impl OneHost {
     }
 }
 
-/// Renumbers inodes (the one the path names first, then by the processes'
-/// descriptors in slot order) and descriptions (by slot order).
+/// Renumbers inodes (those the names name first: the path, the replacement
+/// lock, the temporary names by slot; then by the processes' descriptors in
+/// slot order) and descriptions (by slot order).
 fn normalize(state: &mut State) {
     let mut description_order = Vec::with_capacity(kernel::DESCRIPTIONS);
     for proc in &state.procs {
-        for description in [proc.fd, proc.kept].into_iter().flatten() {
+        for description in proc.descriptors().into_iter().flatten() {
             if !description_order.contains(&description) {
                 description_order.push(description);
             }
         }
     }
     let mut inode_order = Vec::with_capacity(kernel::INODES);
-    inode_order.extend(state.kernel.entry);
-    for &description in &description_order {
-        let inode = state.kernel.inode_of(description);
+    let named = [state.kernel.entry, state.kernel.turn]
+        .into_iter()
+        .chain(state.kernel.temps)
+        .flatten();
+    let opened = description_order
+        .iter()
+        .map(|&description| state.kernel.inode_of(description));
+    for inode in named.chain(opened) {
         if !inode_order.contains(&inode) {
             inode_order.push(inode);
         }
@@ -326,15 +575,21 @@ fn normalize(state: &mut State) {
             ..d
         });
     }
+    let rename = |name: Option<u8>| name.map(|i| position(&inode_order, i));
     state.kernel = Kernel {
-        entry: old.entry.map(|e| position(&inode_order, e)),
+        entry: rename(old.entry),
+        turn: rename(old.turn),
+        temps: old.temps.map(rename),
         inodes,
         descriptions,
         next_serial: 0,
     };
     for proc in &mut state.procs {
-        proc.fd = proc.fd.map(|d| position(&description_order, d));
-        proc.kept = proc.kept.map(|d| position(&description_order, d));
+        let renumber = |d: Option<u8>| d.map(|d| position(&description_order, d));
+        proc.fd = renumber(proc.fd);
+        proc.kept = renumber(proc.kept);
+        proc.spare = renumber(proc.spare);
+        proc.turn = renumber(proc.turn);
     }
 }
 

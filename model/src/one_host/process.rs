@@ -23,8 +23,12 @@ pub enum Role {
     /// A process that has nothing to do with the lock and was given a PID
     /// number a dead process had.
     Unrelated,
-    /// `pidlock stop <path>` (`ops::stop`).
+    /// `pidlock stop <path>` (`Stop::run`, escalating to SIGKILL).
     Stopper,
+    /// Another user's process that opens the file read-only and `flock`s
+    /// it (an observer, `flock -s`, `flock -x` through a read-only
+    /// descriptor): not an instance (`holders.rs`).
+    Reader,
 }
 
 /// Why a process runs `signal_context::remove_held_files`.
@@ -32,8 +36,19 @@ pub enum Role {
 pub enum Leaving {
     /// `std::process::exit` (the `atexit` handler).
     Exit,
-    /// SIGTERM reached `signals::on_signal`.
+    /// SIGTERM reached `on_signal`.
     Signal,
+}
+
+/// How a replacement (`replace::replace`) ends, once its turn is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Then {
+    /// `Replaced::Locked`: the path names our new file.
+    Locked,
+    /// `Replaced::Retry`: look again from the start.
+    Retry,
+    /// An error (`exchange` failed): `acquire` returns it.
+    Fail,
 }
 
 /// Where a process is; each names the step it takes next.
@@ -48,11 +63,15 @@ pub enum Pc {
     OpenPlain,
     /// `flock(LOCK_EX | LOCK_NB)`.
     Flock,
-    /// `lockfile::busy`: `holders::find`, with `tries` flock retries made.
+    /// `lockfile::busy`'s `flock(LOCK_SH | LOCK_NB)`: can it be frozen?
+    BusyShared {
+        tries: u8,
+    },
+    /// `busy`: `file_pid`'s fstat, then the holders (likely, then every).
     Busy {
         tries: u8,
     },
-    /// `busy`'s retry of the `flock` when no holder could be verified.
+    /// `busy`'s `flock(LOCK_EX | LOCK_NB)` when no instance was found.
     BusyFlock {
         tries: u8,
     },
@@ -64,13 +83,37 @@ pub enum Pc {
     CloseRetry,
     /// The `close` of a conflict reported: `main` never runs.
     Refuse,
-    // --- holders::signal_verified, for takeover and `stop` ---
-    /// `Pinned::open(pid)` (`pidfd_open`).
+    // --- replace::replace, for a file only readers hold ---
+    /// `Turn::take`: `openat(.replace, O_CREAT)` + `fstat`.
+    TurnOpen,
+    /// `Turn::take`: `waiting::lock_exclusive` on it (with a deadline),
+    /// then `fstatat(.replace)`: still the file we locked? Holding the
+    /// turn: `fstatat(path)` (step 3), then `create_temporary`'s
+    /// `openat(O_CREAT | O_EXCL)` and `flock` (step 4).
+    TurnLock,
+    /// `create_temporary` without a turn (the `no_turns` mutation).
+    CreateTemp,
+    /// `renameat2(RENAME_EXCHANGE)` (step 5), then `fstatat(temporary)`:
+    /// is what we swapped out the pinned file?
+    Exchange,
+    /// `only_readers_hold`, for a file that could not be frozen (step 6).
+    Recheck,
+    /// `renameat2(RENAME_EXCHANGE)` again, to put it back; then `discard`:
+    /// `unlinkat(temporary)`, `close` of the new file.
+    SwapBack,
+    /// For `Locked`, `unlinkat(temporary)`: the old file goes (step 7).
+    /// Then `Turn::drop` (`fstatat`, `unlinkat`, `close` of the replacement
+    /// lock), and the pinned file closes as `replace` returns.
+    TurnOver(Then),
+    // --- holders::pin_verified and signalling, for takeover and `stop` ---
+    /// `Pinned::open` (`pidfd_open`) for every process of the instance.
     Pin,
-    /// `holders::holds(pid, identity)`.
+    /// `holders::holds` for each pinned one.
     Check,
-    /// `pidfd_send_signal(SIGTERM)`.
+    /// `pidfd_send_signal(SIGTERM)` to the holder.
     Signal,
+    /// Takeover's grace is over: SIGKILL to the pins that still hold it.
+    Kill,
     // --- the guard ---
     /// `write_pid`'s `pwrite`.
     Write,
@@ -80,6 +123,9 @@ pub enum Pc {
     Run,
     /// `release_now`'s `unlinkat` (after its `fstatat` matched).
     Unlink,
+    /// `release_now`'s `leave_to_sharers`: the file stays, rewritten with
+    /// the PID of a process that shares the lock.
+    Rewrite,
     /// `release_now`'s `close`, after which `main` returns and the process
     /// exits.
     Close,
@@ -100,21 +146,32 @@ pub enum Pc {
     DaemonCheck,
     DaemonWrite,
     DaemonTruncate,
-    // --- ops::stop ---
+    // --- Stop::run ---
     /// `open_existing` (`open(O_RDONLY)`).
     StopOpen,
-    /// `holders::find`.
+    /// `look` (the holders).
     StopFind,
+    /// `wait_for_release` on the pins.
+    StopWait,
+    /// The timeout ran out: SIGKILL to the pins that still hold it.
+    StopKill,
     /// The stopper's `close`.
     StopClose,
+    // --- a reader ---
+    /// `open(O_RDONLY)` of whatever the path names.
+    ReaderOpen,
+    /// `flock(LOCK_SH or LOCK_EX | LOCK_NB)`.
+    ReaderLock,
+    /// Holding it (or not, if the lock was taken), until it closes.
+    ReaderHold,
     /// An unrelated process, running.
     Alive,
     Dead,
 }
 
 impl Pc {
-    /// Inside `acquire`, not yet holding a verified lock: what liveness (e)
-    /// talks about.
+    /// Inside `acquire`, not yet holding a verified lock: what properties
+    /// (e) and (f) talk about.
     pub fn acquiring(self) -> bool {
         matches!(
             self,
@@ -122,16 +179,48 @@ impl Pc {
                 | Self::Lstat
                 | Self::OpenPlain
                 | Self::Flock
+                | Self::BusyShared { .. }
                 | Self::Busy { .. }
                 | Self::BusyFlock { .. }
                 | Self::WaitLock
                 | Self::Verify
                 | Self::CloseRetry
+                | Self::TurnOpen
+                | Self::TurnLock
+                | Self::CreateTemp
+                | Self::Exchange
+                | Self::Recheck
+                | Self::SwapBack
+                | Self::TurnOver(_)
                 | Self::Pin
                 | Self::Check
                 | Self::Signal
+                | Self::Kill
                 | Self::Adopt
         )
+    }
+
+    /// Running the program (or about to, past the lock): not on an exit
+    /// path.
+    pub fn runs(self) -> bool {
+        matches!(
+            self,
+            Self::Write
+                | Self::Truncate
+                | Self::Run
+                | Self::DaemonWait
+                | Self::DaemonFlock
+                | Self::DaemonCheck
+                | Self::DaemonWrite
+                | Self::DaemonTruncate
+        )
+    }
+
+    /// Between a swap of a file that could not be frozen and the check
+    /// that decides whether to swap back (`replace` step 6): the path may
+    /// name the new file while an instance that locked the old one runs.
+    pub fn unfrozen_swap(self) -> bool {
+        matches!(self, Self::Recheck | Self::SwapBack)
     }
 }
 
@@ -141,33 +230,93 @@ pub mod once {
     pub const RESTARTED: u8 = 2;
     pub const SIGNALLED: u8 = 4;
     pub const DAEMONIZED: u8 = 8;
+    /// Takeover: the SIGKILL round is done.
+    pub const KILLED: u8 = 16;
+    /// A reader: it has let go once.
+    pub const LET_GO: u8 = 32;
+    /// Takeover: the grace period after its SIGTERM is over.
+    pub const GRACE_OVER: u8 = 64;
 }
 
-/// Whom a signal round is about (`holders::signal_verified`).
+/// A lock's sharers pipe, as this process has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pipe {
+    /// None (-1, -1): never held across a fork, or let go of (`forget`).
+    None,
+    /// Both ends open.
+    Open,
+    /// `pipe2` failed in the fork hook: (-1, -1) as well.
+    Failed,
+    /// `leave` closed this process's ends: (-1, -1).
+    Left,
+}
+
+/// `signal_context::Owner`: the PID and the fork generation of the process
+/// that owns a lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub pid: Pid,
+    pub generation: u8,
+}
+
+/// Who a stop or takeover is about: the instance as it was verified when it
+/// began (`pin_verified`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
-    /// The PID number chosen from the holders.
+    /// The holder the SIGTERM goes to.
     pub pid: Pid,
-    /// The process the pidfd pinned (a slot), if the number named one.
-    pub pinned: Option<u8>,
-    /// Ground truth for property (d): the pinned process held the lock
-    /// when `holds` was asked. Never read by the modelled code.
-    pub held_when_checked: bool,
+    /// The processes (slot bits) the pidfds pinned: whichever processes had
+    /// the numbers when they were opened.
+    pub pinned: u8,
+    /// Of those, the ones `holds` confirmed: what may be signalled.
+    pub verified: u8,
+    /// Ground truth for property (d): the pinned processes that held the
+    /// lock when `holds` was asked. Never read by the modelled code.
+    pub held: u8,
+}
+
+impl Target {
+    pub fn about(pid: Pid) -> Self {
+        Self {
+            pid,
+            pinned: 0,
+            verified: 0,
+            held: 0,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Proc {
     pub role: Role,
+    /// What `getpid()` returns in the process's own PID namespace, and (in
+    /// every configuration but the nested namespace) what others see.
     pub pid: Pid,
+    /// `FORK_GENERATION`: bumped by the `pthread_atfork` child hook.
+    pub generation: u8,
     pub pc: Pc,
-    /// The descriptor of the PID file (an index into the descriptions).
+    /// The descriptor of the PID file (an index into the descriptions); for
+    /// a reader, its read-only one; during a replacement, the pinned file.
     pub fd: Option<u8>,
     /// A handed-over descriptor that `restart::adopt` did not adopt: it is
     /// neither adopted nor closed, so it stays open until the process ends.
     pub kept: Option<u8>,
-    /// The guard's `Owner` cell, once registered in `signal_context`: the PID
-    /// of the owner. A fork child inherits a copy that names its parent.
-    pub owner: Option<Pid>,
+    /// During a replacement: the new file, under the temporary name.
+    pub spare: Option<u8>,
+    /// During a replacement: the replacement lock's descriptor.
+    pub turn: Option<u8>,
+    /// The guard's `Owner` cell, once registered in `signal_context`. A fork
+    /// child inherits a copy that names its parent.
+    pub owner: Option<Owner>,
+    /// Its lock's sharers pipe (`Sharers`): made by the fork hook,
+    /// inherited by the child.
+    pub pipe: Pipe,
+    /// What `Sharers::leave` answered (read by the proposed fix that makes
+    /// it remember).
+    pub left_shared: bool,
+    /// During a replacement: the pinned file is frozen (we hold a shared
+    /// lock on it).
+    pub frozen: bool,
     /// `write_pid` will truncate: the size read under the lock was larger
     /// than the PID line.
     pub truncate: bool,
@@ -185,10 +334,16 @@ impl Proc {
         Self {
             role,
             pid,
+            generation: 0,
             pc,
             fd: None,
             kept: None,
+            spare: None,
+            turn: None,
             owner: None,
+            pipe: Pipe::None,
+            left_shared: false,
+            frozen: false,
             truncate: false,
             replaced: 0,
             target: None,
@@ -200,23 +355,37 @@ impl Proc {
         self.role != Role::Absent && self.pc != Pc::Dead
     }
 
-    /// Whether `signal_context`'s owner check passes (`Owner::is_current`).
+    /// This process's identity as `Owner::current` records it.
+    pub fn me(&self) -> Owner {
+        Owner {
+            pid: self.pid,
+            generation: self.generation,
+        }
+    }
+
+    /// Whether this process owns the lock it registered: the ground truth
+    /// the properties use (the owner cell names this very process).
     pub fn is_owner(&self) -> bool {
-        self.owner == Some(self.pid)
+        self.owner == Some(self.me())
     }
 
     pub fn has(&self, bit: u8) -> bool {
         self.done & bit != 0
     }
 
+    /// Its descriptors, PID file and others.
+    pub fn descriptors(&self) -> [Option<u8>; 4] {
+        [self.fd, self.kept, self.spare, self.turn]
+    }
+
     /// The process ends: the kernel closes its descriptors.
     pub fn die(&mut self) {
-        self.pc = Pc::Dead;
-        self.fd = None;
-        self.kept = None;
-        self.owner = None;
-        self.target = None;
-        self.truncate = false;
-        self.replaced = 0;
+        *self = Self {
+            role: self.role,
+            pid: self.pid,
+            generation: self.generation,
+            done: self.done,
+            ..Self::new(self.role, self.pid, Pc::Dead)
+        };
     }
 }

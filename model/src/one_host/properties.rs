@@ -4,7 +4,8 @@
 
 use stateright::Property;
 
-use super::process::{Pc, Role, once};
+use super::kernel::Lock;
+use super::process::{Pc, Role, Then, once};
 use super::steps::holds;
 use super::{Config, OneHost, State, broke, solo};
 
@@ -18,10 +19,10 @@ pub mod names {
         "(b) only the lock's owner unlinks, writes or truncates the file";
     pub const FILE_NAMES_OWNER: &str =
         "(c) while an owner runs, the file the path names holds its PID";
-    pub const SIGNAL_ONLY_HOLDERS: &str =
-        "(d) a signal reaches only a process verified as holding the lock";
+    pub const SIGNAL_ONLY_HOLDERS: &str = "(d) a signal reaches only a process of the instance verified when the stop or takeover began";
     pub const SOLO_ACQUIRE: &str =
         "(e) an acquirer alone acquires a free lock within a bounded number of its own steps";
+    pub const READERS_NEVER_BLOCK: &str = "(f) readers never block a start: with only readers' locks, an acquirer alone runs within the bound";
 
     pub const SOLO_TIGHT: &str = "(e) some acquirer alone needs the whole bound";
     pub const RUNS: &str = "an instance runs";
@@ -32,6 +33,12 @@ pub mod names {
     pub const ADOPTED: &str = "a restarted image adopts its lock";
     pub const DAEMON_OWNS: &str = "a daemonized child owns the lock";
     pub const SIGNALLED: &str = "a holder runs its signal handler after takeover or stop";
+    pub const KILLED: &str = "a verified holder that kept the lock is SIGKILLed";
+    pub const KEPT_FOR_SHARERS: &str = "a release leaves the file to a child that shares the lock";
+    pub const SHARER_RUNS_ALONE: &str = "a child holds the lock alone after its parent let go";
+    pub const REPLACED: &str = "a start replaces a file only readers hold";
+    pub const SWAPPED_BACK: &str = "a start swaps back a file an instance locked meanwhile";
+    pub const READER_HOLDS_EXCLUSIVE: &str = "a reader holds the file exclusively";
     pub const REUSED_PID_IN_FILE: &str = "the file names a PID now used by an unrelated process";
     pub const RM_RACE: &str =
         "after an outside rm, a release can unlink a newcomer's file (known limit)";
@@ -46,14 +53,17 @@ pub(crate) fn all(config: &Config) -> Vec<Property<OneHost>> {
         Property::always(FILE_NAMES_OWNER, file_names_owner),
         Property::always(SIGNAL_ONLY_HOLDERS, signal_only_holders),
         Property::always(SOLO_ACQUIRE, solo::acquires_alone),
+        Property::always(READERS_NEVER_BLOCK, solo::readers_never_block),
         Property::sometimes(SOLO_TIGHT, solo::needs_the_whole_bound),
         Property::sometimes(RUNS, |_, s: &State| {
             s.procs.iter().any(|p| p.is_owner() && p.pc == Pc::Run)
         }),
-        Property::sometimes(STALE_RETRY, |_, s: &State| {
-            s.procs.iter().any(|p| p.pc == Pc::CloseRetry)
-        }),
     ];
+    if config.instances.len() > 1 || config.outside_rm > 0 {
+        properties.push(Property::sometimes(STALE_RETRY, |_, s: &State| {
+            s.procs.iter().any(|p| p.pc == Pc::CloseRetry)
+        }));
+    }
     if config.instances.len() > 1 {
         properties.push(Property::sometimes(CONFLICT, |_, s: &State| {
             s.procs.iter().any(|p| p.pc == Pc::Refuse)
@@ -75,9 +85,11 @@ pub(crate) fn all(config: &Config) -> Vec<Property<OneHost>> {
         .any(|p| *p == super::Policy::Wait || *p == super::Policy::Takeover)
     {
         properties.push(Property::sometimes(WAITED, |_, s: &State| {
-            s.procs
-                .iter()
-                .any(|p| p.pc == Pc::WaitLock && p.fd.is_some_and(|fd| s.kernel.can_lock(fd)))
+            s.procs.iter().any(|p| {
+                p.pc == Pc::WaitLock
+                    && p.fd
+                        .is_some_and(|fd| s.kernel.can_lock(fd, Lock::Exclusive))
+            })
         }));
     }
     if config.restart {
@@ -97,6 +109,51 @@ pub(crate) fn all(config: &Config) -> Vec<Property<OneHost>> {
     if config.stopper || config.instances.contains(&super::Policy::Takeover) {
         properties.push(Property::sometimes(SIGNALLED, |_, s: &State| {
             s.procs.iter().any(|p| p.pc == Pc::Handler)
+        }));
+    }
+    if config.fork && (config.stopper || config.instances.contains(&super::Policy::Takeover)) {
+        properties.push(Property::sometimes(KILLED, |m: &OneHost, s: &State| {
+            (0..s.procs.len()).any(|slot| {
+                matches!(s.procs[slot].pc, Pc::Kill | Pc::StopKill)
+                    && !m.still_holding(s, slot).is_empty()
+            })
+        }));
+    }
+    if config.fork {
+        properties.push(Property::sometimes(KEPT_FOR_SHARERS, |_, s: &State| {
+            s.procs.iter().any(|p| p.pc == Pc::Rewrite)
+        }));
+        properties.push(Property::sometimes(SHARER_RUNS_ALONE, |_, s: &State| {
+            s.procs.iter().any(|p| {
+                p.role == Role::Child
+                    && p.pc == Pc::Run
+                    && !p.is_owner()
+                    && p.fd
+                        .is_some_and(|fd| s.kernel.description(fd).lock.is_some())
+                    && s.procs.iter().filter(|q| q.alive() && q.fd == p.fd).count() == 1
+            })
+        }));
+    }
+    if !config.reader_locks.is_empty() {
+        properties.push(Property::sometimes(REPLACED, |_, s: &State| {
+            s.procs.iter().any(|p| p.pc == Pc::TurnOver(Then::Locked))
+        }));
+    }
+    if config.reader_locks.contains(&Lock::Exclusive) {
+        properties.push(Property::sometimes(
+            READER_HOLDS_EXCLUSIVE,
+            |_, s: &State| {
+                s.kernel
+                    .descriptions
+                    .iter()
+                    .flatten()
+                    .any(|d| d.foreign && d.lock == Some(Lock::Exclusive))
+            },
+        ));
+    }
+    if config.reader_locks.contains(&Lock::Exclusive) && config.reader_lets_go {
+        properties.push(Property::sometimes(SWAPPED_BACK, |_, s: &State| {
+            s.procs.iter().any(|p| p.pc == Pc::SwapBack)
         }));
     }
     if config.pid_reuse {
@@ -132,18 +189,31 @@ fn one_owner_on_path(_: &OneHost, state: &State) -> bool {
         <= 1
 }
 
-/// No two registered owners that have not yet given up their file (past
-/// their `unlinkat`). An outside `rm` lets a second instance start while the
+/// No two instances: the processes running under a guard (owners, and fork
+/// children with their copy of it), not yet on an exit path, hold their
+/// lock through one open file description at most. A fork child that lives
+/// on after its parent let go is the same instance as its parent was. A
+/// process on its way out (returned from `main`, exiting, or in its signal
+/// handler) no longer runs the program; the file it leaves behind is what
+/// (b) is about. An outside `rm` lets a second instance start while the
 /// first runs on the removed inode: no file lock can prevent that, so this
 /// is only promised while nobody removed the file behind the lock's back.
 fn no_two_instances(model: &OneHost, state: &State) -> bool {
-    model.outside_rm_happened(state)
-        || state
-            .procs
-            .iter()
-            .filter(|p| p.alive() && p.is_owner() && p.pc != Pc::Close)
-            .count()
-            <= 1
+    model.outside_rm_happened(state) || instance_locks(state).len() <= 1
+}
+
+/// The descriptions instances hold the exclusive lock through.
+pub(crate) fn instance_locks(state: &State) -> Vec<u8> {
+    let mut locks: Vec<u8> = state
+        .procs
+        .iter()
+        .filter(|p| p.alive() && p.owner.is_some() && p.pc.runs())
+        .filter_map(|p| p.fd)
+        .filter(|&d| state.kernel.description(d).lock == Some(Lock::Exclusive))
+        .collect();
+    locks.sort_unstable();
+    locks.dedup();
+    locks
 }
 
 /// SPEC §4.6: "Never truncate or unlink a file that is not ours." After an
@@ -156,8 +226,15 @@ fn only_owner_modifies(model: &OneHost, state: &State) -> bool {
 /// While an owner runs `main` (past its write), the path names its file and
 /// the file holds its PID: the PID people and tools read reaches the
 /// instance. After an outside `rm` the path may name nothing or a newcomer's
-/// file; if it names the owner's, that still holds its PID.
+/// file; if it names the owner's, that still holds its PID. A start that
+/// swapped out a file it could not freeze may have moved a running
+/// instance's file away until its second look, which swaps it back
+/// (`replace` step 6): not promised in that window.
 fn file_names_owner(model: &OneHost, state: &State) -> bool {
+    let swapping = state
+        .procs
+        .iter()
+        .any(|p| p.alive() && p.pc.unfrozen_swap() && !p.frozen);
     state
         .procs
         .iter()
@@ -167,14 +244,16 @@ fn file_names_owner(model: &OneHost, state: &State) -> bool {
             if state.kernel.entry == Some(inode) {
                 state.kernel.inode(inode).contents == super::Contents::Pid(p.pid)
             } else {
-                model.outside_rm_happened(state)
+                model.outside_rm_happened(state) || swapping
             }
         })
 }
 
-/// SPEC §10, "Who holds it": a signal from takeover or `stop` lands only on
-/// the process that held the lock when `holds` was asked, never on a
-/// process that got a holder's PID number later.
+/// SPEC §10, "Who holds it": a signal from takeover or `stop` (SIGTERM to
+/// the holder, SIGKILL to those that kept the lock) lands only on a process
+/// that held the lock when `holds` was asked after pinning it, at the start
+/// of that stop or takeover: never on a process that got a holder's PID
+/// number later, nor on one that took the lock since (a standby).
 fn signal_only_holders(_: &OneHost, state: &State) -> bool {
     state.broke & broke::SIGNAL == 0
 }

@@ -9,10 +9,10 @@ use std::fmt::Write as _;
 
 use stateright::{Expectation, Model, Path};
 
-use super::kernel::Contents;
-use super::process::{Pc, Role};
-use super::steps::holds;
-use super::{Action, OneHost, State, Step};
+use super::kernel::{Contents, Lock};
+use super::process::{Pc, Pipe, Role, Then};
+use super::steps::{Sharing, holds, slots};
+use super::{Action, OneHost, State, Step, names, solo};
 
 /// The path as numbered lines, then the property it breaks (or shows) and
 /// the last state.
@@ -57,7 +57,48 @@ pub fn render(model: &OneHost, path: &Path<State, Action>, property: &str) -> St
             );
         }
     }
+    let solo = [
+        (names::SOLO_ACQUIRE, false),
+        (names::READERS_NEVER_BLOCK, true),
+    ];
+    if let Some(&(_, readers)) = solo.iter().find(|(name, _)| *name == property)
+        && let Some(slot) = solo::fails_alone(&replay, &state, readers)
+    {
+        alone(&replay, &mut out, state, slot);
+    }
     out
+}
+
+/// The run of `slot` alone from `state` that breaks (e) or (f): the steps
+/// its program counter names, nobody else moving, up to the bound and a
+/// few more.
+fn alone(model: &OneHost, out: &mut String, mut state: State, slot: usize) {
+    let _ = writeln!(out, "alone from here, {}:", label(&state, slot));
+    for n in 1..=model.config.solo_bound + 4 {
+        let proc = state.procs[slot];
+        if proc.is_owner() && proc.pc == Pc::Run {
+            let _ = writeln!(out, "     runs main after {} steps", n - 1);
+            return;
+        }
+        if !proc.alive() {
+            let _ = writeln!(out, "     has exited without running main");
+            return;
+        }
+        if !model.enabled(&state, slot).contains(&Step::Next) {
+            let _ = writeln!(out, "     is stuck at {:?}", proc.pc);
+            return;
+        }
+        let after = model
+            .next_state(&state, Action::Proc(slot as u8, Step::Next))
+            .expect("a step applies");
+        let _ = writeln!(
+            out,
+            "  {n:>2}. {}",
+            proc_line(model, &state, slot, Step::Next, &after)
+        );
+        state = after;
+    }
+    let _ = writeln!(out, "     has not run main within the bound");
 }
 
 fn first_broken(model: &OneHost, state: &State) -> Option<&'static str> {
@@ -77,14 +118,16 @@ fn label(state: &State, slot: usize) -> String {
         Role::Child => "child".to_owned(),
         Role::Stopper => "stop".to_owned(),
         Role::Unrelated => "unrelated".to_owned(),
+        Role::Reader => "reader".to_owned(),
         Role::Absent => "?".to_owned(),
     };
     format!("{name} (pid {})", proc.pid)
 }
 
 fn file(state: &State, inode: u8) -> String {
-    let serial = state.kernel.inode(inode).serial;
-    format!("file {}", char::from(b'A' + serial))
+    let node = state.kernel.inode(inode);
+    let kind = if node.turn { "turn file" } else { "file" };
+    format!("{kind} {}", char::from(b'A' + node.serial))
 }
 
 fn contents(contents: Contents) -> String {
@@ -92,7 +135,7 @@ fn contents(contents: Contents) -> String {
         Contents::Empty => "empty".to_owned(),
         Contents::Pid(pid) => format!("\"{pid}\\n\""),
         Contents::Garbage => "garbage".to_owned(),
-        Contents::PidThenJunk(pid) => format!("\"{pid}\\n\" + old tail"),
+        Contents::Padded(pid) => format!("\"{pid}\\n\" padded"),
     }
 }
 
@@ -110,11 +153,13 @@ fn describe_dir(state: &State) -> String {
 fn describe_proc(state: &State, slot: usize) -> String {
     let proc = state.procs[slot];
     let mut text = format!("{:?}", proc.pc);
-    if let Some(fd) = proc.fd {
-        let inode = state.kernel.inode_of(fd);
-        let _ = write!(text, ", has {}", file(state, inode));
-        if holds(state, &proc, inode) {
-            text.push_str(" (locked)");
+    for fd in [proc.fd, proc.spare].into_iter().flatten() {
+        let description = state.kernel.description(fd);
+        let _ = write!(text, ", has {}", file(state, description.inode));
+        match description.lock {
+            Some(Lock::Exclusive) => text.push_str(" (locked)"),
+            Some(Lock::Shared) => text.push_str(" (shared lock)"),
+            None => {}
         }
     }
     if proc.is_owner() {
@@ -137,6 +182,14 @@ fn named(state: &State) -> String {
         .entry
         .map(|i| file(state, i))
         .unwrap_or_else(|| "nothing".to_owned())
+}
+
+/// What the path and the temporary name of `slot` name, for swaps.
+fn names(state: &State, slot: usize) -> String {
+    let temp = state.kernel.temps[slot]
+        .map(|i| file(state, i))
+        .unwrap_or_else(|| "nothing".to_owned());
+    format!("the path names {}, the temporary name {temp}", named(state))
 }
 
 fn step_line(model: &OneHost, before: &State, action: Action, after: &State) -> String {
@@ -170,50 +223,72 @@ fn proc_line(model: &OneHost, before: &State, slot: usize, step: Step, after: &S
             "is killed (SIGKILL): the kernel closes its descriptors{}",
             lock_fate(before, slot, after)
         ),
-        Step::GiveUp => "gives up waiting (timeout)".to_owned(),
-        Step::Fork => {
+        Step::GiveUp => match was.pc {
+            Pc::Open => {
+                format!("the grace period runs out: closes {f} to look again")
+            }
+            Pc::StopKill => "stop's timeout runs out".to_owned(),
+            Pc::Refuse if proc.pc == Pc::TurnLock => {
+                "gives up waiting for the turn: reports the readers".to_owned()
+            }
+            _ => "gives up waiting (timeout)".to_owned(),
+        },
+        Step::Fork { pipe } => {
             let child = after
                 .procs
                 .iter()
                 .position(|p| p.role == Role::Child)
                 .expect("fork made a child");
+            let pipe = if pipe {
+                "with the lock's sharers pipe"
+            } else {
+                "but the fork hook's pipe2 failed: no sharers pipe"
+            };
             format!(
-                "fork(): {} shares the open description of {f} (so the lock) and a copy of the guard whose owner cell says pid {}",
+                "fork(): {} shares the open description of {f} (so the lock), {pipe}, and a copy of the guard whose owner cell says pid {}",
                 label(after, child),
-                proc.owner.unwrap_or(0)
+                proc.owner.map_or(0, |o| o.pid)
             )
         }
+        Step::Take(lock) => {
+            let mode = match lock {
+                Lock::Shared => "LOCK_SH",
+                Lock::Exclusive => "LOCK_EX",
+            };
+            match was.pc {
+                Pc::ReaderHold => format!("flock({mode}|LOCK_NB) on {f}: held"),
+                _ => format!("flock({mode}|LOCK_NB) on {f} -> EWOULDBLOCK: gives up"),
+            }
+        }
+        Step::LetGo => format!("closes {f}{}", lock_fate(before, slot, after)),
         Step::Exec => format!(
             "restart(): execve keeps pid {} and the descriptor of {f}",
             proc.pid
         ),
-        Step::Daemonize => match was.target.and_then(|t| t.pinned) {
+        Step::Daemonize => match was.target.and_then(|t| slots(t.pinned).next()) {
             Some(p) => format!(
                 "daemonized(): pins the previous owner, pid {}, and waits for it to exit",
-                before.procs[usize::from(p)].pid
+                before.procs[p].pid
             ),
             None => format!(
                 "daemonized(): the previous owner (pid {}) is gone",
-                proc.owner.unwrap_or(0)
+                proc.owner.map_or(0, |o| o.pid)
             ),
         },
         Step::ReturnFromMain => {
-            let check = if proc.is_owner() {
-                "owner check passes"
-            } else if mutated.no_owner_check {
-                "NO owner check (mutation)"
-            } else {
-                "not the owner: only closes its copy"
-            };
+            let check = owner_check_line(model, &proc);
+            let passes = model.owner_check(&proc) || mutated.no_owner_check;
+            let sharers = sharers_line(model, before, slot);
             match was.pc {
                 Pc::Unlink => format!(
-                    "returns from main, drops its guard: {check}, fstatat(path) names {f}, ours"
+                    "returns from main, drops its guard: {check}, {sharers}, fstatat(path) names {f}, ours"
                 ),
-                _ if !proc.is_owner() && !mutated.no_owner_check => {
-                    format!("returns from main, drops its guard: {check}")
+                Pc::Rewrite => {
+                    format!("returns from main, drops its guard: {check}, {sharers}")
                 }
+                _ if !passes => format!("returns from main, drops its guard: {check}"),
                 _ => format!(
-                    "returns from main, drops its guard: {check}, but the path names {} (not ours)",
+                    "returns from main, drops its guard: {check}, {sharers}, but the path names {} (not ours)",
                     named(before)
                 ),
             }
@@ -229,22 +304,60 @@ fn proc_line(model: &OneHost, before: &State, slot: usize, step: Step, after: &S
     }
 }
 
+/// How the owner check went, as the trace says it.
+fn owner_check_line(model: &OneHost, proc: &super::Proc) -> &'static str {
+    let mutated = model.config.mutations;
+    if proc.owner.is_none() {
+        "nothing registered"
+    } else if proc.is_owner() {
+        "owner check passes"
+    } else if model.owner_check(proc) {
+        "owner check by PID number only passes (MUTATION)"
+    } else if mutated.no_owner_check {
+        "NO owner check (mutation)"
+    } else if proc.owner.is_some_and(|o| o.pid == proc.pid) {
+        "same PID number as the owner, another fork generation: not the owner, leaves the file"
+    } else {
+        "not the owner: leaves the file"
+    }
+}
+
+/// What the sharers pipe answers `slot` in `before`, as the trace says it.
+fn sharers_line(model: &OneHost, before: &State, slot: usize) -> &'static str {
+    let proc = before.procs[slot];
+    let mut probe = *before;
+    let shared = model.leave(&mut probe, slot) == Sharing::Shared;
+    if model.config.mutations.unlink_regardless {
+        return "does NOT ask the sharers pipe (mutation)";
+    }
+    match (proc.pipe, shared) {
+        (Pipe::None, _) => "no sharers pipe: alone",
+        (Pipe::Failed, false) => "no sharers pipe (pipe2 failed): alone",
+        (Pipe::Failed, true) => "no sharers pipe (pipe2 failed): counted as shared (proposed fix)",
+        (Pipe::Left, false) => "the sharers pipe was read before, its ends are -1: alone",
+        (Pipe::Left, true) => "the sharers pipe was read before: shared, as then (proposed fix)",
+        (Pipe::Open, false) => "reads the sharers pipe: end of file, alone",
+        (Pipe::Open, true) => "reads the sharers pipe: another process has it, shared",
+    }
+}
+
 fn leaving_line(model: &OneHost, before: &State, slot: usize, after: &State, how: &str) -> String {
     let proc = before.procs[slot];
-    let check = if proc.is_owner() {
-        "owner check passes"
-    } else if model.config.mutations.no_owner_check && proc.owner.is_some() {
-        "NO owner check (mutation)"
-    } else if proc.owner.is_some() {
-        "not the owner: leaves the file"
-    } else {
-        "nothing registered"
-    };
+    let check = owner_check_line(model, &proc);
+    let sharers = sharers_line(model, before, slot);
     match after.procs[slot].pc {
         Pc::ExitUnlink(_) => format!(
-            "{how}: {check}, fstatat(path) names {}, ours",
+            "{how}: {check}, {sharers}, fstatat(path) names {}, ours",
             named(before)
         ),
+        _ if (model.owner_check(&proc) || model.config.mutations.no_owner_check)
+            && proc.owner.is_some() =>
+        {
+            format!(
+                "{how}: {check}, {sharers}; the process dies{}",
+                lock_fate(before, slot, after)
+            )
+        }
         _ => format!(
             "{how}: {check}; the process dies{}",
             lock_fate(before, slot, after)
@@ -272,26 +385,43 @@ fn next_line(model: &OneHost, before: &State, slot: usize, after: &State, f: &st
         },
         Pc::Flock | Pc::BusyFlock { .. } => match now.pc {
             Pc::Verify => format!("flock(LOCK_EX|LOCK_NB) on {f}: locked"),
-            _ => format!("flock(LOCK_EX|LOCK_NB) on {f} -> EWOULDBLOCK"),
+            Pc::BusyShared { .. } => format!("flock(LOCK_EX|LOCK_NB) on {f} -> EWOULDBLOCK"),
+            _ => format!(
+                "flock(LOCK_EX|LOCK_NB) on {f} -> EWOULDBLOCK: nobody verified, {}",
+                verdict(&now)
+            ),
+        },
+        Pc::BusyShared { .. } => match now.pc {
+            Pc::Busy { .. } if mutated.no_replacement => {
+                "NO shared-lock probe (mutation)".to_owned()
+            }
+            Pc::Busy { .. } => format!("flock(LOCK_SH|LOCK_NB) on {f} -> EWOULDBLOCK"),
+            _ => format!(
+                "flock(LOCK_SH|LOCK_NB) on {f}: taken, so nobody holds it exclusively: frozen, replace it"
+            ),
         },
         Pc::Busy { .. } => {
             let inode = before.kernel.inode_of(proc.fd.expect("busy on a file"));
-            let found = model.find(before, inode);
+            let found = model.holders(before, inode);
             let source = if mutated.holders_from_proc_locks {
                 "/proc/locks (MUTATION)"
             } else {
                 "fdinfo"
             };
-            let verdict = match now.pc {
-                Pc::Refuse => "reports AlreadyRunning".to_owned(),
-                Pc::WaitLock => "waits for the lock".to_owned(),
-                Pc::Pin => format!(
-                    "takeover: will SIGTERM pid {}",
-                    now.target.map_or(0, |t| t.pid)
-                ),
-                _ => "none verified: flock again".to_owned(),
+            let readers = if found.exclusive_readers > 0 {
+                ", a reader holds it exclusively"
+            } else {
+                ""
             };
-            format!("holders::find({f}) via {source} -> {found:?}: {verdict}")
+            let verdict = match now.pc {
+                Pc::BusyFlock { .. } => "no instance: flock again".to_owned(),
+                Pc::TurnOpen | Pc::CreateTemp => "pinned, not frozen: replace it".to_owned(),
+                _ => verdict(&now),
+            };
+            format!(
+                "holders of {f} via {source} -> instance {:?}{readers}: {verdict}",
+                found.exclusive
+            )
         }
         Pc::WaitLock => format!("blocking flock on {f} returns: locked"),
         Pc::Verify => match now.pc {
@@ -312,40 +442,63 @@ fn next_line(model: &OneHost, before: &State, slot: usize, after: &State, f: &st
             ),
         },
         Pc::CloseRetry => format!("close({f}): start again"),
+        Pc::TurnOpen
+        | Pc::TurnLock
+        | Pc::CreateTemp
+        | Pc::Exchange
+        | Pc::Recheck
+        | Pc::SwapBack
+        | Pc::TurnOver(_) => replace_line(model, before, slot, after, f),
+        Pc::Kill => kill_line(model, before, after, "takeover"),
+        Pc::StopWait => "the pinned processes let go".to_owned(),
+        Pc::StopKill => kill_line(model, before, after, "stop"),
+        Pc::Rewrite => match after.kernel.entry.map(|i| after.kernel.inode(i).contents) {
+            Some(Contents::Pid(pid)) if pid != proc.pid => {
+                format!("leaves {f} to its sharers: pwrite(\"{pid}\\n\") names the child")
+            }
+            _ => format!("leaves {f} to its sharers (no sharer found to name)"),
+        },
+        Pc::ReaderOpen => match now.fd {
+            Some(_) => format!("open(O_RDONLY) as another user: {now_file}"),
+            None => "finds no file".to_owned(),
+        },
         Pc::Refuse => format!(
             "close({f}): exits with the conflict{}",
             lock_fate(before, slot, after)
         ),
         Pc::StopClose => "closes the file and exits".to_owned(),
-        Pc::Pin => match now.target.and_then(|t| t.pinned) {
-            Some(p) => format!(
-                "pidfd_open(pid {}) pins {}",
-                proc.target.map_or(0, |t| t.pid),
-                label(before, usize::from(p))
-            ),
-            None => format!(
-                "pidfd_open(pid {}) -> ESRCH",
-                proc.target.map_or(0, |t| t.pid)
-            ),
-        },
-        Pc::Check => {
+        Pc::Pin => {
             let pid = proc.target.map_or(0, |t| t.pid);
+            match now.target {
+                Some(t) => format!(
+                    "pidfd_open pins {} (holder pid {pid} and the processes sharing its lock)",
+                    slots(t.pinned)
+                        .map(|p| label(before, p))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => format!("pidfd_open(pid {pid}) -> ESRCH"),
+            }
+        }
+        Pc::Check => {
             let source = if mutated.holders_from_proc_locks {
                 "/proc/locks names it as the taker (MUTATION)"
             } else {
                 "its fdinfo shows the lock"
             };
+            let target = now.target.or(proc.target).expect("a round has a target");
+            let verified: Vec<String> = slots(target.verified).map(|p| label(before, p)).collect();
             match now.pc {
-                Pc::Signal => format!("holds(pid {pid}, {f}): yes, {source}"),
-                _ => format!("holds(pid {pid}, {f}): no"),
+                Pc::Signal => format!("holds() verifies {} ({source})", verified.join(", ")),
+                _ => format!("holds(pid {}, {f}): no", target.pid),
             }
         }
         Pc::Signal => {
             let target = proc.target.expect("a round has a target");
-            match target.pinned.map(usize::from) {
+            match slots(target.verified).find(|&p| before.procs[p].pid == target.pid) {
                 Some(p) if before.procs[p].alive() => {
                     let victim = label(before, p);
-                    if target.held_when_checked {
+                    if target.held & 1 << p != 0 {
                         format!("pidfd_send_signal(SIGTERM) reaches {victim}, the holder")
                     } else {
                         format!(
@@ -386,7 +539,7 @@ fn next_line(model: &OneHost, before: &State, slot: usize, after: &State, f: &st
             "SIGTERM: on_signal runs remove_held_files",
         ),
         Pc::Adopt => match now.pc {
-            Pc::Write => {
+            Pc::Run => {
                 format!("new image: adopt() finds the path still names {f}: lock kept across exec")
             }
             _ => format!(
@@ -412,17 +565,163 @@ fn next_line(model: &OneHost, before: &State, slot: usize, after: &State, f: &st
         },
         Pc::StopFind => match now.target {
             Some(t) => format!(
-                "holders::find({f}) -> {:?}: will SIGTERM pid {}",
-                model.find(
-                    before,
-                    before.kernel.inode_of(proc.fd.expect("stop's file"))
-                ),
+                "holders of {f} -> {:?}: will SIGTERM pid {}",
+                model
+                    .holders(
+                        before,
+                        before.kernel.inode_of(proc.fd.expect("stop's file"))
+                    )
+                    .exclusive,
                 t.pid
             ),
-            None => format!("holders::find({f}) -> none: nothing to stop"),
+            None => format!("holders of {f} -> none: nothing to stop"),
         },
         Pc::Alive => "exits".to_owned(),
-        Pc::Run | Pc::Dead => unreachable!("no Next step at {:?}", proc.pc),
+        Pc::Run | Pc::Dead | Pc::ReaderLock | Pc::ReaderHold => {
+            unreachable!("no Next step at {:?}", proc.pc)
+        }
+    }
+}
+
+/// The resolver's decision, as the trace says it.
+fn verdict(now: &super::Proc) -> String {
+    match now.pc {
+        Pc::Refuse => "reports AlreadyRunning".to_owned(),
+        Pc::WaitLock => "waits for the lock".to_owned(),
+        Pc::Pin => format!(
+            "takeover: will SIGTERM pid {}",
+            now.target.map_or(0, |t| t.pid)
+        ),
+        Pc::Kill => "takeover: the grace is over, its pins still hold it".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A step of `replace::replace`.
+fn replace_line(model: &OneHost, before: &State, slot: usize, after: &State, f: &str) -> String {
+    let proc = before.procs[slot];
+    let now = after.procs[slot];
+    let new_file = || {
+        now.spare
+            .map(|d| file(after, after.kernel.inode_of(d)))
+            .unwrap_or_default()
+    };
+    let removed = |inode: u8| {
+        let mut line = file(before, inode);
+        let holders: Vec<String> = (0..before.procs.len())
+            .filter(|&p| p != slot && before.procs[p].alive())
+            .filter(|&p| before.procs[p].owner.is_some())
+            .filter(|&p| holds(before, &before.procs[p], inode))
+            .map(|p| label(before, p))
+            .collect();
+        if !holders.is_empty() {
+            let _ = write!(line, ", which {} holds and runs on", holders.join(", "));
+        }
+        line
+    };
+    match proc.pc {
+        Pc::TurnOpen => format!(
+            "its turn: openat(.replace, O_CREAT) opens {}",
+            now.turn
+                .map(|t| file(after, after.kernel.inode_of(t)))
+                .unwrap_or_default()
+        ),
+        Pc::TurnLock => match now.pc {
+            Pc::TurnOpen => "flock on the turn file; fstatat(.replace) names another file: the turn was just over, open again".to_owned(),
+            Pc::Exchange => format!(
+                "flock on the turn file: its turn; fstatat(path) still names {f}; openat(temporary, O_CREAT|O_EXCL) creates {} and locks it",
+                new_file()
+            ),
+            _ => format!(
+                "flock on the turn file: its turn; fstatat(path) names {}, not {f}: another start replaced it",
+                named(before)
+            ),
+        },
+        Pc::CreateTemp => format!(
+            "NO turn (mutation): openat(temporary, O_CREAT|O_EXCL) creates {} and locks it",
+            new_file()
+        ),
+        Pc::Exchange if before.kernel.entry.is_none() => match now.pc {
+            Pc::TurnOver(Then::Fail) => "renameat2(RENAME_EXCHANGE) -> ENOENT: the path names nothing; removes its new file, will return the error".to_owned(),
+            _ => "renameat2(RENAME_EXCHANGE) -> ENOENT: the path names nothing; removes its new file and looks again (proposed fix)".to_owned(),
+        },
+        Pc::Exchange => match now.pc {
+            Pc::SwapBack => format!(
+                "renameat2(RENAME_EXCHANGE): {}; fstatat(temporary): not {f}, it swapped out another file",
+                names(after, slot)
+            ),
+            Pc::TurnOver(_) if !proc.frozen => format!(
+                "renameat2(RENAME_EXCHANGE): {}; NO second look although {f} was not frozen (mutation)",
+                names(after, slot)
+            ),
+            _ => format!("renameat2(RENAME_EXCHANGE): {}", names(after, slot)),
+        },
+        Pc::Recheck => match now.pc {
+            Pc::TurnOver(_) if now.frozen => {
+                format!("second look: flock(LOCK_SH|LOCK_NB) on {f} taken: only readers")
+            }
+            Pc::TurnOver(_) => format!("second look: only a reader holds {f} exclusively"),
+            _ => format!("second look: an instance holds {f}: put it back"),
+        },
+        Pc::SwapBack => {
+            let swap = if before.kernel.entry.is_some() {
+                format!("renameat2(RENAME_EXCHANGE): {}", names(&swapped(before, slot), slot))
+            } else {
+                "renameat2(RENAME_EXCHANGE) -> ENOENT: the path names nothing".to_owned()
+            };
+            let temp = if before.kernel.entry.is_some() {
+                before.kernel.entry
+            } else {
+                before.kernel.temps[slot]
+            };
+            let discarded = temp.map(removed).unwrap_or_else(|| "nothing".to_owned());
+            format!("swaps back: {swap}; unlinkat(temporary) removes {discarded}; closes its new file")
+        }
+        Pc::TurnOver(then) => {
+            let mut line = String::new();
+            if then == Then::Locked
+                && let Some(inode) = before.kernel.temps[slot]
+            {
+                let _ = write!(line, "unlinkat(temporary) removes {}; ", removed(inode));
+            }
+            if !model.config.mutations.no_turns {
+                line.push_str("its turn is over (fstatat, unlinkat, close of the turn file); ");
+            }
+            let outcome = match then {
+                Then::Locked => format!("closes {f}; its new file is at the path"),
+                Then::Retry => format!("closes {f}: start again"),
+                Then::Fail => format!("closes {f}: the error is returned"),
+            };
+            line.push_str(&outcome);
+            line
+        }
+        _ => unreachable!("not a replacement step"),
+    }
+}
+
+/// `state` with `slot`'s temporary name and the path swapped, for a line
+/// that says what a swap did.
+fn swapped(state: &State, slot: usize) -> State {
+    let mut after = *state;
+    after.kernel.exchange(slot);
+    after
+}
+
+/// A SIGKILL round.
+fn kill_line(model: &OneHost, before: &State, after: &State, who: &str) -> String {
+    let killed: Vec<String> = (0..before.procs.len())
+        .filter(|&p| before.procs[p].alive() && !after.procs[p].alive())
+        .map(|p| label(before, p))
+        .collect();
+    let how = if model.config.mutations.kill_current_holders {
+        "whoever holds the inode now (MUTATION)"
+    } else {
+        "the pins that still hold the lock"
+    };
+    if killed.is_empty() {
+        format!("{who}: SIGKILL to {how}: none")
+    } else {
+        format!("{who}: SIGKILL to {how}: {}", killed.join(", "))
     }
 }
 
@@ -433,7 +732,7 @@ fn lock_fate(before: &State, slot: usize, after: &State) -> String {
         return String::new();
     };
     let description = before.kernel.description(fd);
-    if !description.locked {
+    if description.lock.is_none() {
         return String::new();
     }
     let inode = description.inode;

@@ -1,18 +1,20 @@
 //! The model's steps as system calls, for the strace tie-test: the same
 //! scenarios the test runs on the real library, played on the model with a
 //! fixed schedule, reduced to the calls `strace -e trace=openat,flock,
-//! fstatat,newfstatat,fstat,pwrite64,ftruncate,unlinkat,close` shows on the
-//! PID file (by name, through the directory descriptor, or on its own
-//! descriptor).
+//! fstatat,newfstatat,fstat,pwrite64,ftruncate,unlinkat,renameat2,close`
+//! shows on the PID file, on a replacement's temporary file and on the
+//! replacement lock (by name, through the directory descriptor, or on a
+//! descriptor an `openat` of one of them returned).
 //!
-//! The directory's own `openat`/`close` are set-up outside the model, and
-//! `pread64` (reading the old contents for the report) is not traced.
+//! The directory's own `openat`/`close` are set-up outside the model;
+//! `pread64` (reading the old contents for the report) and the sharers
+//! pipe's calls are not traced.
 
 use stateright::Model;
 
-use super::kernel::Contents;
-use super::process::{Pc, Policy};
-use super::{Action, Config, Mutations, OneHost, State, Step};
+use super::kernel::{Contents, Lock};
+use super::process::{Pc, Pipe, Policy, Then};
+use super::{Action, Config, OneHost, State, Step};
 
 /// `openat` with `O_CREAT | O_EXCL`.
 pub const OPENAT_EXCL: &str = "openat(O_CREAT|O_EXCL)";
@@ -28,6 +30,19 @@ pub const PWRITE: &str = "pwrite";
 pub const FTRUNCATE: &str = "ftruncate";
 pub const UNLINKAT: &str = "unlinkat";
 pub const CLOSE: &str = "close";
+/// `openat(O_CREAT | O_EXCL)` of a replacement's temporary name.
+pub const OPENAT_TEMP: &str = "openat(temporary, O_CREAT|O_EXCL)";
+pub const FSTATAT_TEMP: &str = "fstatat(temporary)";
+pub const UNLINKAT_TEMP: &str = "unlinkat(temporary)";
+/// `renameat2(temporary, path, RENAME_EXCHANGE)`.
+pub const EXCHANGE: &str = "renameat2(RENAME_EXCHANGE)";
+/// `openat(O_CREAT)` of the replacement lock, `.<name>.replace`.
+pub const OPENAT_TURN: &str = "openat(turn, O_CREAT)";
+pub const FSTAT_TURN: &str = "fstat(turn)";
+pub const FLOCK_TURN: &str = "flock(turn)";
+pub const FSTATAT_TURN: &str = "fstatat(turn)";
+pub const UNLINKAT_TURN: &str = "unlinkat(turn)";
+pub const CLOSE_TURN: &str = "close(turn)";
 
 /// One process acquires a fresh lock (no file yet), returns from `main`.
 pub fn acquire_and_release() -> Vec<&'static str> {
@@ -53,6 +68,27 @@ pub fn conflict() -> Vec<&'static str> {
     calls
 }
 
+/// A reader of another user holds a shared lock on a stale file; a start
+/// freezes it and replaces it (`replace.rs`), runs, returns from `main`:
+/// the start's calls.
+pub fn pinned_by_a_reader() -> Vec<&'static str> {
+    let model = OneHost::new(Config {
+        instances: vec![Policy::Exit],
+        reader_locks: vec![Lock::Shared],
+        initial_files: vec![Some(Contents::Pid(super::STALE_PID))],
+        ..Config::none()
+    });
+    let mut state = model.init_states()[0];
+    take(&model, &mut state, 1, Step::Next);
+    take(&model, &mut state, 1, Step::Take(Lock::Shared));
+    let mut calls = run_until_main(&model, &mut state, 0);
+    calls.extend(take(&model, &mut state, 0, Step::ReturnFromMain));
+    while state.procs[0].alive() {
+        calls.extend(take(&model, &mut state, 0, Step::Next));
+    }
+    calls
+}
+
 fn alone(file: Option<Contents>) -> Vec<&'static str> {
     let model = OneHost::new(plain(vec![Policy::Exit], file));
     let mut state = model.init_states()[0];
@@ -68,16 +104,8 @@ fn alone(file: Option<Contents>) -> Vec<&'static str> {
 fn plain(instances: Vec<Policy>, file: Option<Contents>) -> Config {
     Config {
         instances,
-        fork: false,
-        daemonize: false,
-        restart: false,
-        crash: false,
-        outside_rm: 0,
-        stopper: false,
-        pid_reuse: false,
         initial_files: vec![file],
-        solo_bound: 0,
-        mutations: Mutations::default(),
+        ..Config::none()
     }
 }
 
@@ -100,35 +128,82 @@ fn take(model: &OneHost, state: &mut State, slot: usize, step: Step) -> Vec<&'st
     calls
 }
 
-/// The calls on the PID file a step makes, given what it found.
+/// The calls a step makes on the PID file, a temporary file or the
+/// replacement lock, given what it found.
 pub fn syscalls(before: &State, slot: usize, step: Step, after: &State) -> Vec<&'static str> {
-    let proc = before.procs[slot];
-    let now = after.procs[slot];
     match step {
-        // release_now / remove_held_files: unlink_if_ours' fstatat, for
-        // the owner only.
-        Step::ReturnFromMain | Step::Exit if proc.is_owner() => vec![FSTATAT],
-        Step::Next => next_calls(proc.pc, now.pc, now.fd.is_some(), proc.is_owner()),
+        Step::ReturnFromMain | Step::Exit if lets_go_alone(before, slot) => vec![FSTATAT],
+        Step::Next => next_calls(slot, before, after),
         _ => Vec::new(),
     }
 }
 
-fn next_calls(pc: Pc, then: Pc, has_file: bool, owner: bool) -> Vec<&'static str> {
-    match pc {
+/// An owner letting go that nobody shares the lock with: `let_go` goes on
+/// to `unlink_if_ours`' fstatat.
+fn lets_go_alone(state: &State, slot: usize) -> bool {
+    let proc = state.procs[slot];
+    let shared = proc.pipe == Pipe::Open
+        && state.procs.iter().enumerate().any(|(other, p)| {
+            other != slot && p.alive() && p.pipe == Pipe::Open && p.fd == proc.fd
+        });
+    proc.is_owner() && !shared
+}
+
+fn next_calls(slot: usize, before: &State, after: &State) -> Vec<&'static str> {
+    let (proc, now) = (before.procs[slot], after.procs[slot]);
+    let then = now.pc;
+    let has_file = now.fd.is_some();
+    match proc.pc {
         // lock_file fstats the descriptor open_file returns.
         Pc::Open if then == Pc::Flock => vec![OPENAT_EXCL, FSTAT],
         Pc::Open => vec![OPENAT_EXCL],
         Pc::OpenPlain if has_file => vec![OPENAT, FSTAT],
         Pc::OpenPlain => vec![OPENAT],
         Pc::Lstat | Pc::Verify => vec![FSTATAT],
-        Pc::Flock | Pc::BusyFlock { .. } | Pc::WaitLock | Pc::DaemonFlock => vec![FLOCK],
-        // A conflict decided: file_pid's fstat for the report.
-        Pc::Busy { .. } if matches!(then, Pc::Refuse | Pc::WaitLock | Pc::Pin) => vec![FSTAT],
+        Pc::Flock
+        | Pc::BusyShared { .. }
+        | Pc::BusyFlock { .. }
+        | Pc::WaitLock
+        | Pc::DaemonFlock
+        | Pc::Recheck => vec![FLOCK],
+        // file_pid's fstat (and pread, not traced) before the holders.
+        Pc::Busy { .. } => vec![FSTAT],
         Pc::CloseRetry | Pc::Refuse | Pc::Close | Pc::StopClose => vec![CLOSE],
+        Pc::TurnOpen => vec![OPENAT_TURN, FSTAT_TURN],
+        Pc::TurnLock => match then {
+            Pc::TurnOpen => vec![FLOCK_TURN, FSTATAT_TURN, CLOSE_TURN],
+            Pc::Exchange => vec![FLOCK_TURN, FSTATAT_TURN, FSTATAT, OPENAT_TEMP, FLOCK],
+            _ => vec![FLOCK_TURN, FSTATAT_TURN, FSTATAT],
+        },
+        Pc::CreateTemp => vec![OPENAT_TEMP, FLOCK],
+        Pc::Exchange if then == Pc::TurnOver(Then::Fail) => vec![EXCHANGE, UNLINKAT_TEMP, CLOSE],
+        Pc::Exchange => vec![EXCHANGE, FSTATAT_TEMP],
+        Pc::SwapBack => vec![EXCHANGE, UNLINKAT_TEMP, CLOSE],
+        Pc::TurnOver(then) => {
+            let mut calls = Vec::new();
+            if then == Then::Locked {
+                calls.push(UNLINKAT_TEMP);
+            }
+            if proc.turn.is_some() {
+                calls.push(FSTATAT_TURN);
+                if before.kernel.turn.is_some() && after.kernel.turn.is_none() {
+                    calls.push(UNLINKAT_TURN);
+                }
+                calls.push(CLOSE_TURN);
+            }
+            calls.push(CLOSE);
+            if then == Then::Locked {
+                // replace::stat_of, for the lock loop's check.
+                calls.push(FSTAT);
+            }
+            calls
+        }
         Pc::Write | Pc::DaemonWrite => vec![PWRITE],
         Pc::Truncate | Pc::DaemonTruncate => vec![FTRUNCATE],
         Pc::Unlink | Pc::ExitUnlink(_) => vec![UNLINKAT],
-        Pc::Handler if owner => vec![FSTATAT],
+        // rewrite_pid: fstat, pwrite of the sharer's PID.
+        Pc::Rewrite if before.kernel.inodes != after.kernel.inodes => vec![FSTAT, PWRITE],
+        Pc::Handler if lets_go_alone(before, slot) => vec![FSTATAT],
         Pc::Adopt => vec![FSTATAT, FSTAT, FLOCK],
         Pc::DaemonCheck => vec![FSTAT, FSTATAT],
         Pc::StopOpen if has_file => vec![OPENAT, FSTAT],

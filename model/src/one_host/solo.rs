@@ -10,20 +10,25 @@
 //! runs alone (nobody else moves, nobody kills it) holds the lock and runs
 //! `main` within `Config::solo_bound` of its own steps. That is a condition on
 //! each state, so it is checked as an `always` property by running the
-//! acquirer alone from every reachable state.
+//! acquirer alone from every reachable state. Property (f) says the same
+//! where the other processes hold only readers' locks: a reader can delay a
+//! start by a replacement, never keep it from running.
 
 use super::process::{Pc, Role};
 use super::steps::UNVERIFIED_RETRIES;
 use super::{OneHost, State, Step};
 
-/// The property's condition: every acquirer in `state` that may still
-/// succeed, if no other process holds a lock, gets it alone within the
-/// bound.
+/// Property (e): every acquirer in `state` that may still succeed, if no
+/// other process holds a lock, gets it alone within the bound.
 pub(crate) fn acquires_alone(model: &OneHost, state: &State) -> bool {
-    (0..state.procs.len())
-        .filter(|&slot| candidate(state, slot))
-        .filter(|&slot| no_other_lock(state, slot))
-        .all(|slot| solo_steps(model, state, slot).is_some_and(|n| n <= model.config.solo_bound))
+    alone_within_bound(model, state, Others::HoldNothing)
+}
+
+/// Property (f): the same where the only locks other processes hold are
+/// readers' (another user's processes, with a read-only descriptor, shared
+/// or exclusive), at least one: readers never keep a start from running.
+pub(crate) fn readers_never_block(model: &OneHost, state: &State) -> bool {
+    alone_within_bound(model, state, Others::HoldOnlyReaderLocks)
 }
 
 /// Some acquirer alone needs exactly `Config::solo_bound` steps: the bound
@@ -31,30 +36,82 @@ pub(crate) fn acquires_alone(model: &OneHost, state: &State) -> bool {
 pub(crate) fn needs_the_whole_bound(model: &OneHost, state: &State) -> bool {
     (0..state.procs.len())
         .filter(|&slot| candidate(state, slot))
-        .filter(|&slot| no_other_lock(state, slot))
+        .filter(|&slot| {
+            [Others::HoldNothing, Others::HoldOnlyReaderLocks]
+                .into_iter()
+                .any(|others| others.hold(state, slot))
+        })
         .any(|slot| solo_steps(model, state, slot) == Some(model.config.solo_bound))
+}
+
+fn alone_within_bound(model: &OneHost, state: &State, others: Others) -> bool {
+    failing(model, state, others).is_none()
+}
+
+/// The acquirer that breaks (e) (`readers` false) or (f) in `state`, for
+/// traces.
+pub(crate) fn fails_alone(model: &OneHost, state: &State, readers: bool) -> Option<usize> {
+    let others = if readers {
+        Others::HoldOnlyReaderLocks
+    } else {
+        Others::HoldNothing
+    };
+    failing(model, state, others)
+}
+
+fn failing(model: &OneHost, state: &State, others: Others) -> Option<usize> {
+    (0..state.procs.len())
+        .filter(|&slot| candidate(state, slot))
+        .filter(|&slot| others.hold(state, slot))
+        .find(|&slot| solo_steps(model, state, slot).is_none_or(|n| n > model.config.solo_bound))
 }
 
 /// An instance inside `acquire` that has not already lost: a conflict it
 /// saw while the lock was held stays reported (`Refuse`), and so does one
-/// whose last `flock` retry in `busy` failed (the model's one retry stands
-/// for `busy`'s twenty; what follows the last one is the report).
+/// in `busy`'s last round after its shared probe failed (the model's one
+/// retry stands for `busy`'s 100 ms of them; a lock taken by anyone, a
+/// reader too, between that probe and the round's last `flock` is then
+/// reported as a holder nobody could verify).
 fn candidate(state: &State, slot: usize) -> bool {
     let proc = state.procs[slot];
-    let out_of_retries = matches!(proc.pc, Pc::Busy { tries } if tries >= UNVERIFIED_RETRIES);
-    proc.alive() && matches!(proc.role, Role::Instance(_)) && proc.pc.acquiring() && !out_of_retries
+    let last_round = matches!(
+        proc.pc,
+        Pc::Busy { tries } | Pc::BusyFlock { tries } if tries >= UNVERIFIED_RETRIES
+    );
+    proc.alive() && matches!(proc.role, Role::Instance(_)) && proc.pc.acquiring() && !last_round
 }
 
-/// No description referred to by another process holds a lock.
-fn no_other_lock(state: &State, slot: usize) -> bool {
-    state
-        .procs
-        .iter()
-        .enumerate()
-        .filter(|(other, p)| *other != slot && p.alive())
-        .flat_map(|(_, p)| [p.fd, p.kept])
-        .flatten()
-        .all(|d| !state.kernel.description(d).locked)
+/// What the other processes hold, for the two properties.
+#[derive(Clone, Copy)]
+enum Others {
+    /// No lock at all.
+    HoldNothing,
+    /// Locks, all of them readers'.
+    HoldOnlyReaderLocks,
+}
+
+impl Others {
+    fn hold(self, state: &State, slot: usize) -> bool {
+        let lockers: Vec<Role> = state
+            .procs
+            .iter()
+            .enumerate()
+            .filter(|(other, p)| *other != slot && p.alive())
+            .filter(|(_, p)| {
+                p.descriptors()
+                    .into_iter()
+                    .flatten()
+                    .any(|d| state.kernel.description(d).lock.is_some())
+            })
+            .map(|(_, p)| p.role)
+            .collect();
+        match self {
+            Self::HoldNothing => lockers.is_empty(),
+            Self::HoldOnlyReaderLocks => {
+                !lockers.is_empty() && lockers.iter().all(|&role| role == Role::Reader)
+            }
+        }
+    }
 }
 
 /// How many of its own steps `slot` needs alone to run `main` as owner;
