@@ -107,7 +107,7 @@ pub use entry::default_path;
 pub use error::{Error, FileKind, Holder, Reader, Result};
 pub use guard::{PidFileGuard, held_pid_files};
 pub use lockfile::PidLock;
-pub use messages::{LogLevel, ParseLogLevelError};
+pub use messages::{ErrorReport, LogLevel, ParseLogLevelError};
 pub use pid::Pid;
 pub use pidlock_macros::single_instance;
 pub use policy::OnConflict;
