@@ -563,6 +563,27 @@ fn a_command_that_ignores_sigterm_is_killed_by_stop_kill_and_the_lock_is_free() 
     );
 }
 
+/// `pidlock run ... 2>&1 | head -1`: the reader of stderr goes away, and the
+/// lines `run` writes when it lets go (before it removes the file) fail.
+#[test]
+fn a_closed_stderr_does_not_keep_run_from_removing_the_file() {
+    let case = Case::new();
+    let mut command = case.bot(&[], "A", "stdin");
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let stdin = child.stdin.take().unwrap();
+    case.holder("A");
+    drop(stdin);
+    let status = wait_child(&mut child);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(!case.path.exists());
+}
+
 /// What the bot records for a signal: name, `si_code` (0 from a process,
 /// 128 from the kernel) and the sender's PID.
 fn got(name: &str, sig: Signal, code: i32, sender: Pid) -> String {

@@ -186,6 +186,12 @@ impl Run {
     /// Takes the lock, runs the command sharing it, and returns its exit
     /// status; ends by the command's signal if one ended it (module docs).
     pub(crate) fn run(self) -> u8 {
+        // A reader of our stderr that went away (`... 2>&1 | head -1`) must
+        // not end `run` halfway through its release: "Releasing PID
+        // lock..." comes before the file is removed. The command gets
+        // SIGPIPE at its default action all the same (std resets it).
+        // SAFETY: installs "ignore", no handler code.
+        let _ = unsafe { signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) };
         let started_with = Started::now();
         let mut lock = PidLock::new(&self.path)
             .on_conflict(self.on_conflict)
