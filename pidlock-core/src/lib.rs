@@ -48,6 +48,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A program that is not a Rust `main` gets the same lock from the `pidlock`
+//! command, `pidlock run data/bot.pid -- python3 bot.py`: the command shares
+//! the lock ([`PidFileGuard::share_with`]) and the file names it
+//! ([`PidFileGuard::name_holder`]).
+//!
 //! Features:
 //!
 //! - `log`, `tracing`: pidlock's lines become records with target `pidlock`

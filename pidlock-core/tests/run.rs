@@ -584,6 +584,56 @@ fn a_closed_stderr_does_not_keep_run_from_removing_the_file() {
     assert!(!case.path.exists());
 }
 
+/// A mask of `/proc/PID/status` (`SigBlk`, `SigIgn`): bit n - 1 for signal n.
+fn signal_mask(pid: Pid, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let value = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(":\t"))
+        .unwrap();
+    u64::from_str_radix(value, 16).unwrap()
+}
+
+fn bit(sig: Signal) -> u64 {
+    1 << (sig as i32 - 1)
+}
+
+/// As `nohup` starts it (SIGHUP ignored), with SIGCHLD ignored and SIGUSR1
+/// blocked by whoever started it: the command gets all three as they were,
+/// not `run`'s own mask, and `run` still learns how the command ended.
+#[test]
+fn the_command_starts_with_the_signals_run_was_started_with() {
+    let case = Case::new();
+    let as_started = |mut command: Command| {
+        // SAFETY: signal(2) and pthread_sigmask(3) are async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                signal(Signal::SIGHUP, SigHandler::SigIgn).map_err(std::io::Error::from)?;
+                signal(Signal::SIGCHLD, SigHandler::SigIgn).map_err(std::io::Error::from)?;
+                let usr1 = nix::sys::signal::SigSet::from(Signal::SIGUSR1);
+                nix::sys::signal::pthread_sigmask(
+                    nix::sys::signal::SigmaskHow::SIG_BLOCK,
+                    Some(&usr1),
+                    None,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+        command
+    };
+    let run = Running::start(as_started(case.bot(&[], "A", "die")));
+    let bot = case.holder("A");
+    let ignored = signal_mask(bot, "SigIgn");
+    assert_ne!(ignored & bit(Signal::SIGHUP), 0, "SIGHUP: {ignored:x}");
+    assert_ne!(ignored & bit(Signal::SIGCHLD), 0, "SIGCHLD: {ignored:x}");
+    assert_eq!(signal_mask(bot, "SigBlk"), bit(Signal::SIGUSR1));
+    run.signal(Signal::SIGTERM);
+    assert_eq!(run.finish().status.signal(), Some(libc::SIGTERM));
+
+    let job = Running::start(as_started(case.job(&[], "3"))).finish();
+    assert_eq!(job.status.code(), Some(3), "{}", job.stderr);
+}
+
 /// What the bot records for a signal: name, `si_code` (0 from a process,
 /// 128 from the kernel) and the sender's PID.
 fn got(name: &str, sig: Signal, code: i32, sender: Pid) -> String {

@@ -224,8 +224,9 @@ impl Run {
         // SAFETY: runs in the forked child before `exec`, and only calls
         // pthread_sigmask(3) and sigaction(2), which are async-signal-safe.
         unsafe { command.pre_exec(move || started_with.restore()) };
-        let pid = match command.spawn() {
-            Ok(child) => child.id(),
+        let child = match command.spawn() {
+            // A PID is positive and below pid_max (at most 2^22): it fits.
+            Ok(child) => unistd::Pid::from_raw(child.id() as i32),
             Err(error) => {
                 let code = cannot_start(program, &error);
                 release(guard);
@@ -234,24 +235,21 @@ impl Run {
         };
         // The `Child` is not waited for through std: `supervise` reaps it
         // with every orphan, as a subreaper must.
-        let Some(pid) = i32::try_from(pid).ok().and_then(Pid::new) else {
-            eprintln!("pidlock: the kernel gave the command the PID {pid}, which is not one");
-            release(guard);
-            return CANNOT_RUN;
-        };
-        if let Err(error) = guard.name_holder(pid) {
+        if let Some(pid) = Pid::new(child.as_raw())
+            && let Err(error) = guard.name_holder(pid)
+        {
             eprintln!(
                 "pidlock: {error}; the file names pidlock (PID {}), which holds the lock too",
                 guard.pid()
             );
         }
-        let ended = supervise(unistd::Pid::from_raw(pid.get()), &waited);
+        let ended = supervise(child, &waited);
         release(guard);
         match ended {
             Ended::Exited(code) => code,
             Ended::Killed(signal) => die_of(signal),
             Ended::Lost => {
-                eprintln!("pidlock: the command (PID {pid}) ended, and its exit status was lost");
+                eprintln!("pidlock: the command (PID {child}) ended, and its exit status was lost");
                 1
             }
         }
