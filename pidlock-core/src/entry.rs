@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::guard::PidFileGuard;
 use crate::lockfile::PidLock;
-use crate::messages::{self, Level, LogLevel};
+use crate::messages::LogLevel;
 use crate::pid::Pid;
 use crate::policy::OnConflict;
 use crate::signals::Signals;
@@ -220,8 +220,11 @@ impl Entry {
         match self.acquire() {
             Ok(guard) => guard,
             Err(error) => {
-                messages::emit(Level::Error, &messages::failure(&error, self.hint));
-                systemd::notify(&format!("STATUS=Not started: {error}"));
+                let report = error.report();
+                match self.hint {
+                    Some(hint) => report.hint(hint).emit(),
+                    None => report.emit(),
+                }
                 std::process::exit(i32::from(self.exit_code));
             }
         }

@@ -246,7 +246,7 @@ pub enum Error {
         waited: std::time::Duration,
     },
     /// [`OnConflict::Takeover`](crate::OnConflict::Takeover) or
-    /// [`stop`](crate::stop) refused to signal anyone: no process could be
+    /// [`Stop`](crate::Stop) refused to signal anyone: no process could be
     /// verified as the holder (not Linux, another user's process, or one in
     /// another PID namespace), and a PID read from the file alone is never
     /// signalled.

@@ -1,16 +1,21 @@
 //! The guard of a held PID-file lock: what releases it, and who may.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::holders;
 use crate::messages;
 use crate::pid::Pid;
+use crate::restart::set_close_on_exec;
 use crate::signal_context::{self, LetGo, Owner, Registration, Sharers};
 use crate::sys::{self, Identity, Locked};
+use crate::systemd;
 
 /// A held PID-file lock. Dropping it (or [`release`](Self::release)) removes
 /// the file if it is still ours and no other process shares the lock, then
@@ -91,9 +96,10 @@ impl PidFileGuard {
         &self.registration.path
     }
 
-    /// The PID written into the file: the owner's (this process's, unless
-    /// this is a `fork()` child that has not called
-    /// [`daemonized`](crate::daemonized)).
+    /// The owner's PID: this process's, unless this is a `fork()` child
+    /// that has not called [`daemonized`](crate::daemonized). It is what the
+    /// file says, unless [`name_holder`](Self::name_holder) named another
+    /// process there.
     #[must_use]
     pub fn pid(&self) -> Pid {
         Pid::new(self.registration.owner.pid()).unwrap_or_else(Pid::current)
@@ -120,6 +126,114 @@ impl PidFileGuard {
     /// process's hold on the kernel lock is dropped regardless.
     pub fn release(&mut self) -> Result<()> {
         self.release_now()
+    }
+
+    /// Lets the program that `command` starts share this lock: it inherits
+    /// the locked descriptor, so the lock stays held for as long as that
+    /// program runs, or anything it started that kept the descriptor (a
+    /// daemon it forked), even if this process is killed. What
+    /// `pidlock run` does.
+    ///
+    /// The descriptor, and the lock's sharers pipe with it (which tells this
+    /// process's release whether another process still holds the lock),
+    /// lose close-on-exec in the started child only, just before its
+    /// `exec`: other children of this process, started at the same moment
+    /// on other threads, never get them. This process remains the owner:
+    /// when it lets go after the program has ended, the file is removed; if
+    /// something the program left behind still holds the lock, the file
+    /// stays with it and names it.
+    ///
+    /// If the guard is released before the command is spawned, the spawn
+    /// fails with `EBADF` rather than hand the child some other descriptor
+    /// that has the same number by then.
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use pidlock_core::{Pid, PidLock, Signals, Status};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("job.pid");
+    /// let mut guard = PidLock::new(&path).signals(Signals::None).quiet(true).acquire()?;
+    /// let mut command = Command::new("sleep");
+    /// command.arg("60");
+    /// let mut child = guard.share_with(&mut command).spawn()?;
+    /// let pid = Pid::new(i32::try_from(child.id())?).expect("a child's PID is positive");
+    /// guard.name_holder(pid)?;
+    ///
+    /// // Both hold the lock; the file, status and conflict reports name the child.
+    /// # #[cfg(target_os = "linux")]
+    /// # {
+    /// let Status::Running(holder) = pidlock_core::status(&path)? else { panic!("not running") };
+    /// assert_eq!(holder.pid(), Some(pid));
+    /// # }
+    ///
+    /// child.kill()?;
+    /// child.wait()?;
+    /// guard.release()?; // nobody else holds it now: the file goes
+    /// assert!(!path.exists());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn share_with<'c>(&self, command: &'c mut Command) -> &'c mut Command {
+        let Some(file) = &self.file else {
+            // Released: there is nothing left to share.
+            return command;
+        };
+        let registration = &self.registration;
+        registration.sharers.ensure();
+        let lock = Inherited {
+            fd: file.as_raw_fd(),
+            identity: registration.identity,
+        };
+        let sharers = registration
+            .sharers
+            .descriptors()
+            .and_then(|(_, write)| Inherited::of(write));
+        // SAFETY: the closure runs in the forked child before `exec`, and
+        // only calls fstat(2) and fcntl(2), which are async-signal-safe, on
+        // numbers (EBADF if closed); `io::Error::from_raw_os_error` does not
+        // allocate.
+        unsafe {
+            command.pre_exec(move || {
+                lock.inherit()?;
+                if let Some(sharers) = sharers {
+                    sharers.inherit()?;
+                }
+                Ok(())
+            })
+        }
+    }
+
+    /// Writes `pid` into the PID file in place of the owner's: for a process
+    /// that shares this lock and does the work (see
+    /// [`share_with`](Self::share_with)), so that `cat`, `pidlock status`,
+    /// another instance's conflict report and `pidlock stop` name it. Under
+    /// systemd, the `STATUS=` line names it too.
+    ///
+    /// This process stays the owner: its exit paths still remove the file.
+    /// Name a process that holds the lock: a report names the process the
+    /// file names only when the kernel shows that it holds the lock, and
+    /// the owner otherwise. Does nothing once released, or in a process that
+    /// does not own the lock (a `fork()` child, whose parent's file it is).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if the file could not be written; it then still names
+    /// the owner, which holds the lock too.
+    pub fn name_holder(&mut self, pid: Pid) -> Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        if !self.registration.owner.is_current() {
+            return Ok(());
+        }
+        sys::rewrite_pid(file.as_fd(), pid, self.path())?;
+        if systemd::is_supervised() {
+            systemd::notify(&format!(
+                "STATUS={}",
+                messages::holding_status(pid, self.path())
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn write_pid(&mut self) -> Result<()> {
@@ -178,6 +292,29 @@ impl PidFileGuard {
         }
         if self.registration.announce {
             messages::kept_for_sharers(self.path(), sharer);
+        }
+    }
+}
+
+/// A descriptor a started command inherits, checked in the child to be the
+/// file it was when the command was set up.
+#[derive(Clone, Copy)]
+struct Inherited {
+    fd: RawFd,
+    identity: Identity,
+}
+
+impl Inherited {
+    fn of(fd: RawFd) -> Option<Self> {
+        sys::identity_of_raw(fd).map(|(identity, _)| Self { fd, identity })
+    }
+
+    /// Clears close-on-exec, if the number still names the same file.
+    /// Async-signal-safe: `fstat` and `fcntl` on a number.
+    fn inherit(self) -> io::Result<()> {
+        match sys::identity_of_raw(self.fd) {
+            Some((identity, _)) if identity == self.identity => set_close_on_exec(self.fd, false),
+            _ => Err(io::Error::from_raw_os_error(nix::libc::EBADF)),
         }
     }
 }

@@ -168,7 +168,12 @@ fn likely(key: &LockKey, file_pid: Option<Pid>) -> Vec<Pid> {
             candidates.push(taker);
         }
     }
-    let parents = candidates.clone();
+    // The takers' children before those of the process the file names: the
+    // file may name a PID of another namespace (a container's command is
+    // its PID 2), which here is an unrelated process, perhaps with many
+    // children (PID 2 is kthreadd), that would fill the limit first.
+    let mut parents = candidates.clone();
+    parents.rotate_left(usize::from(file_pid.is_some()));
     for parent in parents {
         for child in sys::children_of(parent) {
             if candidates.len() >= LIKELY_LIMIT {

@@ -48,6 +48,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A program that is not a Rust `main` gets the same lock from the `pidlock`
+//! command, `pidlock run data/bot.pid -- python3 bot.py`: the command shares
+//! the lock ([`PidFileGuard::share_with`]) and the file names it
+//! ([`PidFileGuard::name_holder`]).
+//!
 //! Features:
 //!
 //! - `log`, `tracing`: pidlock's lines become records with target `pidlock`
@@ -120,7 +125,7 @@ pub use entry::default_path;
 pub use error::{Error, FileKind, Holder, Reader, Result, Service};
 pub use guard::{PidFileGuard, held_pid_files};
 pub use lockfile::PidLock;
-pub use messages::{LogLevel, ParseLogLevelError};
+pub use messages::{ErrorReport, LogLevel, ParseLogLevelError};
 pub use pid::Pid;
 pub use pidlock_macros::single_instance;
 pub use policy::OnConflict;

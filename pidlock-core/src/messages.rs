@@ -358,6 +358,75 @@ pub(crate) fn taking_over(pid: Pid, signal: Signal, grace: Duration) {
     emit(Level::Warning, &text);
 }
 
+impl Error {
+    /// This error as `#[single_instance]` reports it when it cannot take
+    /// the lock: for a program (or a wrapper, as `pidlock run` is) that
+    /// takes the lock itself and must say why it did not start in the same
+    /// words, with the same priority and in the same place.
+    ///
+    /// ```
+    /// use pidlock_core::{Error, Holder, Pid};
+    ///
+    /// let error = Error::AlreadyRunning {
+    ///     path: "/var/lib/bot/bot.pid".into(),
+    ///     holder: Holder::Kernel { pid: Pid::new(12345).unwrap(), others: Vec::new(), ns_pid: None },
+    /// };
+    /// assert_eq!(
+    ///     error.report().hint("Or use /restart in the chat.").to_string(),
+    ///     "Another instance is already running (PID: 12345).
+    ///         Only one instance can run at a time.
+    ///         PID file: /var/lib/bot/bot.pid
+    ///         To stop the existing instance:
+    ///           kill 12345
+    ///         Or use /restart in the chat."
+    /// );
+    /// ```
+    pub fn report(&self) -> ErrorReport<'_> {
+        ErrorReport {
+            error: self,
+            hint: None,
+        }
+    }
+}
+
+/// An [`Error`] as `#[single_instance]` reports it (see
+/// [`Error::report`]). Its `Display` is the text after `ERROR - `: for a
+/// conflict, the holder, the PID file and how to stop the holder, on lines
+/// indented to line up under the first; for other errors, one sentence.
+#[derive(Clone, Copy, Debug)]
+#[must_use]
+pub struct ErrorReport<'a> {
+    error: &'a Error,
+    hint: Option<&'a str>,
+}
+
+impl<'a> ErrorReport<'a> {
+    /// An extra line at the end of a conflict report (the attribute's
+    /// `hint`): how else to reach the running instance.
+    pub fn hint(self, hint: &'a str) -> Self {
+        Self {
+            hint: Some(hint),
+            ..self
+        }
+    }
+
+    /// Writes the report where pidlock writes its own lines: to the
+    /// installed `tracing` subscriber or `log` logger (with the features of
+    /// those names), else to stderr as `ERROR - ...`, each line with the
+    /// `<3>` priority prefix when stderr is the journal. Under systemd, the
+    /// service's status becomes `Not started: ...` too.
+    pub fn emit(&self) {
+        emit(Level::Error, &self.to_string());
+        crate::systemd::notify(&format!("STATUS=Not started: {}", self.error));
+    }
+}
+
+impl std::fmt::Display for ErrorReport<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&failure(self.error, self.hint))
+    }
+}
+
 /// The full report for a lock that was not obtained, with the user's `hint`
 /// when the reason is another instance.
 #[must_use]

@@ -149,8 +149,10 @@ fn remote_lock_held() -> bool {
 
 /// Sets or clears `FD_CLOEXEC` on a raw descriptor. The raw `fcntl` takes a
 /// number, not a borrowed descriptor: it fails with `EBADF` on one that is
-/// not open, which is all the hand-over code needs to know.
-fn set_close_on_exec(fd: RawFd, on: bool) -> io::Result<()> {
+/// not open, which is all the hand-over code (and a command given the
+/// lock, [`crate::PidFileGuard::share_with`]) needs to know.
+/// Async-signal-safe.
+pub(crate) fn set_close_on_exec(fd: RawFd, on: bool) -> io::Result<()> {
     let flags = if on { nix::libc::FD_CLOEXEC } else { 0 };
     // SAFETY: F_SETFD on a number is defined for any value: EBADF if closed.
     Errno::result(unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, flags) })

@@ -1,5 +1,6 @@
 //! The `pidlock` command (SPEC §9): `status`, `stop` and `wait` on a PID
-//! file, with the exit codes of LSB init scripts for `status`.
+//! file, with the exit codes of LSB init scripts for `status`, and `run`,
+//! which gives a command the lock (see `run.rs`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -14,11 +15,20 @@ const USAGE: &str = "\
 usage: pidlock status PATH
        pidlock stop PATH [--timeout DURATION] [--kill] [--signal INT]
        pidlock wait PATH [--timeout DURATION]
+       pidlock run [--wait | --takeover] [--timeout DURATION] [--exit-code N]
+                   [--notify-ready] [--log warn|error] PATH -- COMMAND [ARGS...]
 
 status  exit 0: running; 1: not running but the PID file exists; 3: not running
 stop    SIGTERM (or --signal INT|HUP|QUIT) to the verified holder, then
         wait (default 10s); --kill sends SIGKILL if it is still there
 wait    block until the lock is free; exit 1 if --timeout passes first
+run     take the lock on PATH, then run COMMAND sharing it, and exit as it
+        does; the file names COMMAND, which status and stop see. If another
+        instance holds the lock, exit 1 (or N) without running COMMAND, or
+        --wait for it (up to --timeout), or --takeover from it (SIGTERM,
+        SIGKILL after --timeout, 10s by default). 127: COMMAND not found;
+        126: it cannot be run. --notify-ready: READY=1 to systemd once the
+        lock is held. --log warn: no INFO lines (for cron)
 DURATION is like 500ms, 30s, 5m";
 
 /// LSB `status` codes; 4 is "status unknown" (an error).
@@ -40,6 +50,21 @@ pub(crate) fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         )
     };
     let args: Vec<OsString> = args.into_iter().collect();
+    // `run`'s command may take `--help` of its own: only `run` itself knows
+    // where its options end.
+    if args.first().is_some_and(|verb| verb == "run") {
+        return match crate::run::Run::parse(args.into_iter().skip(1)) {
+            Ok(Some(run)) => ExitCode::from(run.run()),
+            Ok(None) => {
+                println!("{USAGE}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("pidlock: {message}\n{USAGE}");
+                ExitCode::from(USAGE_ERROR)
+            }
+        };
+    }
     if args.iter().any(|arg| arg == "-h" || arg == "--help") {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
@@ -328,7 +353,7 @@ fn utc(time: SystemTime) -> String {
 }
 
 /// "500ms", "30s", "5m", "1h", the grammar of the attribute's `timeout`.
-fn parse_duration(text: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().ok()?;
