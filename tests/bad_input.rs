@@ -294,11 +294,10 @@ fn a_holder_that_has_not_written_its_pid_is_named_by_the_kernel() {
     assert!(stderr.contains(&format!("kill {me}")), "{stderr}");
 }
 
-/// A restrictive umask (077) must not make the PID file unreadable to
-/// others: `cat` would fail, and another user's start would read
-/// "permission denied" instead of the conflict.
+/// A restrictive umask (0277) must not leave the owner a PID file it cannot
+/// write: the file is always 0600.
 #[test]
-fn a_restrictive_umask_still_gives_a_0644_file() {
+fn a_restrictive_umask_still_gives_a_0600_file() {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
 
@@ -308,11 +307,11 @@ fn a_restrictive_umask_still_gives_a_0644_file() {
     // SAFETY: umask(2) is async-signal-safe and touches no memory.
     unsafe {
         command.pre_exec(|| {
-            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o277));
             Ok(())
         });
     }
     let _running = start(command);
     let mode = fs::metadata(&pid_file).unwrap().permissions().mode() & 0o7777;
-    assert_eq!(mode, 0o644, "mode {mode:o}");
+    assert_eq!(mode, 0o600, "mode {mode:o}");
 }

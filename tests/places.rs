@@ -211,12 +211,13 @@ fn another_users_instance_is_a_conflict_naming_the_owner_not_permission_denied()
     let (status, stderr) = run(as_nobody(&case, &exe, &["exit"]));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(!stderr.contains("Permission denied"), "{stderr}");
-    // nobody cannot look into root's /proc/<pid>/fd: the holder is what the
-    // file says, unverified, and no kill is offered.
+    // nobody may not even open root's file (0600), nor look into root's
+    // /proc/<pid>/fd: the holder is the process the kernel's lock list says
+    // took the lock, unverified, and no kill is offered.
     assert_eq!(
         headline(&stderr),
         format!(
-            "ERROR - Another instance is already running (PID: {pid} per its PID file, not verified)."
+            "ERROR - Another instance is already running (PID: {pid} per the kernel's lock list, not verified)."
         ),
         "{stderr}"
     );

@@ -1,8 +1,9 @@
-//! No other user can keep an instance from starting. Anyone who can open
-//! the 0644 PID file can `flock` it — shared (`flock -s`), or even
-//! exclusively through a read-only descriptor (`flock -x`) — but a
-//! *reader* is not an instance: it is never reported as one, and a start
-//! that finds only readers on the file puts a new file in its place.
+//! No other user can keep an instance from starting. Anyone who can open a
+//! file can `flock` it, so the PID file is 0600: other users cannot open
+//! it at all. The owner's own readers (an observer, `flock -s`) still can,
+//! and a *reader* is not an instance: it is never reported as one, and a
+//! start that finds only shared locks on the file puts a new file in its
+//! place.
 
 mod common;
 
@@ -18,30 +19,40 @@ use pidlock_core::Status;
 /// The user `nobody`.
 const NOBODY: u32 = 65534;
 
-/// A `flock(1)` of `nobody` on `path` (`-s` or `-x`), holding it until
-/// dropped. `flock` opens the file read-only, as any user can.
+/// A `flock(1)` on `path` (`-s` or `-x`) by this test's user, holding it
+/// until dropped. `flock` opens the file read-only.
 struct Reader {
     child: Child,
 }
 
 impl Reader {
-    /// Starts the reader; returns once it holds its lock.
-    fn hold(path: &Path, mode: &str) -> Self {
-        let mut child = Command::new("setpriv")
-            .args([
-                &format!("--reuid={NOBODY}"),
-                &format!("--regid={NOBODY}"),
-                "--clear-groups",
-                "flock",
-                mode,
-            ])
+    fn command(path: &Path, mode: &str, user: Option<u32>) -> Command {
+        let mut command = match user {
+            Some(uid) => {
+                let mut command = Command::new("setpriv");
+                command.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    "flock",
+                ]);
+                command
+            }
+            None => Command::new("flock"),
+        };
+        command
+            .arg(mode)
             .arg(path)
             .args(["sh", "-c", "echo locked; exec cat"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Starts the reader; returns once it holds its lock.
+    fn hold(path: &Path, mode: &str) -> Self {
+        let mut child = Self::command(path, mode, None).spawn().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -52,22 +63,8 @@ impl Reader {
 
     /// Starts the reader while the lock is taken: it waits in `flock` and
     /// gets its lock when the instance dies.
-    fn queue(path: &Path, mode: &str) -> (Child, std::sync::mpsc::Receiver<()>) {
-        let mut child = Command::new("setpriv")
-            .args([
-                &format!("--reuid={NOBODY}"),
-                &format!("--regid={NOBODY}"),
-                "--clear-groups",
-                "flock",
-                mode,
-            ])
-            .arg(path)
-            .args(["sh", "-c", "echo locked; exec cat"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+    fn queue(path: &Path, mode: &str) -> (Self, std::sync::mpsc::Receiver<()>) {
+        let mut child = Self::command(path, mode, None).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (send, locked) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -76,7 +73,7 @@ impl Reader {
                 let _ = send.send(());
             }
         });
-        (child, locked)
+        (Self { child }, locked)
     }
 }
 
@@ -89,79 +86,110 @@ impl Drop for Reader {
     }
 }
 
-/// A case whose directory other users can enter, as a service's data
-/// directory usually is.
-fn open_case() -> Option<Case> {
+/// Another user cannot even open the file, let alone lock it: whatever it
+/// tries, the next start runs. (The issue as reported: `nobody` held a
+/// shared lock on root's crashed bot's 0644 file, and root's bot could
+/// never start again.)
+#[test]
+fn another_user_cannot_lock_the_file_so_cannot_block_a_start() {
     if !nix::unistd::geteuid().is_root() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "CI runs as root, which a second user needs"
         );
         eprintln!("skipped: needs root to run a reader as another user");
-        return None;
+        return;
     }
     let case = Case::new();
+    // Other users may enter the directory, as a service's data directory
+    // usually allows.
     std::fs::set_permissions(case.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    Some(case)
+    let instance = start(case.holder(&["hold"]));
+    for mode in ["-s", "-x"] {
+        let output = Reader::command(&case.pid_file, mode, Some(NOBODY))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            !output.status.success(),
+            "{mode}: nobody locked root's file"
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("Permission denied"),
+            "{mode}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    instance.signal(Signal::SIGKILL);
+    let (status, _) = instance.finish();
+    assert!(killed_by(status, Signal::SIGKILL));
+    let next = start(case.holder(&["hold"]));
+    assert_eq!(read(&case.pid_file), format!("{}\n", next.pid()));
 }
 
-/// The issue as reported: root's bot crashes (SIGKILL) and leaves its file;
-/// `nobody` had it open and now holds `mode` on it. Root's next start runs,
-/// names the reader in a warning, and the reader keeps only the old inode.
-fn a_crash_pinned_by(mode: &str) {
-    let Some(case) = open_case() else {
-        return;
-    };
+/// The owner's own reader keeps a crashed instance's file locked (shared):
+/// the next start runs, names the reader in a warning, and leaves it the
+/// old inode.
+#[test]
+fn a_file_a_reader_holds_after_a_crash_does_not_block_the_next_start() {
+    let case = Case::new();
     let instance = start(case.holder(&["hold"]));
-    let (reader, locked) = Reader::queue(&case.pid_file, mode);
-    let reader = Reader { child: reader };
+    let (reader, locked) = Reader::queue(&case.pid_file, "-s");
     instance.signal(Signal::SIGKILL);
     let (status, _) = instance.finish();
     assert!(killed_by(status, Signal::SIGKILL));
     locked
         .recv_timeout(DEADLINE)
         .expect("the reader never got its lock");
-    assert!(matches!(
-        pidlock_core::status(&case.pid_file).unwrap(),
-        Status::Stale { ref readers, .. } if readers.iter().any(|r| r.uid == Some(NOBODY))
-    ));
     let next = start(case.holder(&["hold"]));
     assert_eq!(read(&case.pid_file), format!("{}\n", next.pid()));
     next.signal(Signal::SIGTERM);
     let (_, stderr) = next.finish();
     assert!(
         stderr.starts_with(&format!(
-            "WARNING - Found PID file {} held by readers, not by a running instance (PID ",
-            case.pid_file.display()
-        )) && stderr.contains("(user nobody (uid 65534): flock ")
-            && stderr.contains(". Replaced it with a new file.\n"),
-        "{mode}: {stderr}"
+            "WARNING - Found PID file {} held by readers, not by a running instance (PID {}",
+            case.pid_file.display(),
+            reader.child.id()
+        )) && stderr.contains(". Replaced it with a new file.\n"),
+        "{stderr}"
     );
-    assert!(!case.pid_file.exists(), "{mode}: left behind");
-    drop(reader);
-}
-
-#[test]
-fn a_file_another_user_holds_shared_after_a_crash_does_not_block_the_next_start() {
-    a_crash_pinned_by("-s");
-}
-
-#[test]
-fn a_file_another_user_holds_exclusively_through_a_read_only_descriptor_does_not_block_the_next_start()
- {
-    a_crash_pinned_by("-x");
+    assert!(!case.pid_file.exists(), "left behind");
 }
 
 /// A standby that waits sees a pinned file as free: it starts at once
 /// rather than waiting for a reader that may never let go.
 #[test]
 fn a_waiting_start_does_not_wait_for_readers() {
-    let Some(case) = open_case() else {
-        return;
-    };
+    let case = Case::new();
     std::fs::write(&case.pid_file, "999999\n").unwrap();
     let _reader = Reader::hold(&case.pid_file, "-s");
     let standby = start(case.command(env!("CARGO_BIN_EXE_fixture-wait"), &["hold"]));
+    assert_eq!(read(&case.pid_file), format!("{}\n", standby.pid()));
+}
+
+/// A standby waiting for an instance notices when the instance removes the
+/// file on its way out, even if a reader takes a shared lock on the removed
+/// inode at that moment (a plain blocking `flock` would wait behind that
+/// reader forever).
+#[test]
+fn a_waiting_start_is_not_held_up_by_a_reader_of_the_removed_file() {
+    let case = Case::new();
+    let mut command = case.holder(&["until-stdin-closes"]);
+    command.stdin(Stdio::piped());
+    let instance = start(command);
+    let mut standby = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-wait"), &["hold"]));
+    standby.wait_for_stderr("waiting for it to exit");
+    // The reader queues for a shared lock on the instance's file, and gets
+    // it as soon as the instance lets go, on the removed inode.
+    let (_reader, locked) = Reader::queue(&case.pid_file, "-s");
+    let mut instance = instance;
+    drop(instance.child.stdin.take());
+    let (status, _) = instance.finish();
+    assert!(status.success());
+    locked
+        .recv_timeout(DEADLINE)
+        .expect("the reader never got its lock");
+    standby.wait_for_stdout("ready");
     assert_eq!(read(&case.pid_file), format!("{}\n", standby.pid()));
 }
 
@@ -169,9 +197,7 @@ fn a_waiting_start_does_not_wait_for_readers() {
 /// stale and names the reader, with its user and command.
 #[test]
 fn a_reader_is_named_as_a_reader_never_as_a_running_instance() {
-    let Some(case) = open_case() else {
-        return;
-    };
+    let case = Case::new();
     std::fs::write(&case.pid_file, "999999\n").unwrap();
     let reader = Reader::hold(&case.pid_file, "-s");
     match pidlock_core::status(&case.pid_file).unwrap() {
@@ -181,7 +207,7 @@ fn a_reader_is_named_as_a_reader_never_as_a_running_instance() {
                 .iter()
                 .find(|found| found.pid.get() as u32 == reader.child.id())
                 .unwrap_or_else(|| panic!("flock is not among {readers:?}"));
-            assert_eq!(flock.uid, Some(NOBODY));
+            assert_eq!(flock.uid, Some(nix::unistd::geteuid().as_raw()));
             assert!(flock.shared);
             assert!(
                 flock
@@ -199,15 +225,13 @@ fn a_reader_is_named_as_a_reader_never_as_a_running_instance() {
 /// others meet it as an instance, and no two ever hold the lock at once.
 #[test]
 fn simultaneous_starts_on_a_pinned_file_have_one_winner_and_never_overlap() {
-    let Some(case) = open_case() else {
-        return;
-    };
+    let case = Case::new();
     let log = case.dir.path().join("holders.log");
     const ROUNDS: usize = 10;
     const STARTS: usize = 8;
     for round in 0..ROUNDS {
         std::fs::write(&case.pid_file, "999999\n").unwrap();
-        let reader = Reader::hold(&case.pid_file, if round % 2 == 0 { "-s" } else { "-x" });
+        let reader = Reader::hold(&case.pid_file, "-s");
         let gate = StartingGate::new();
         let children: Vec<_> = (0..STARTS)
             .map(|_| {
@@ -244,4 +268,65 @@ fn simultaneous_starts_on_a_pinned_file_have_one_winner_and_never_overlap() {
     }
     let held = read(&log).lines().count();
     assert_held_one_at_a_time(&log, held);
+}
+
+/// A child whose stdout and stderr lines are watched for as they come.
+struct Watched {
+    child: Child,
+    stdout: std::sync::mpsc::Receiver<String>,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Watched {
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command.spawn().unwrap();
+        let lines = |pipe: Box<dyn std::io::Read + Send>| {
+            let (send, receive) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if send.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            receive
+        };
+        let stdout = lines(Box::new(child.stdout.take().unwrap()));
+        let stderr = lines(Box::new(child.stderr.take().unwrap()));
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn wait_for(lines: &std::sync::mpsc::Receiver<String>, text: &str) {
+        loop {
+            let line = lines
+                .recv_timeout(DEADLINE)
+                .unwrap_or_else(|_| panic!("never printed {text:?}"));
+            if line.contains(text) {
+                return;
+            }
+        }
+    }
+
+    fn wait_for_stdout(&mut self, text: &str) {
+        Self::wait_for(&self.stdout, text);
+    }
+
+    fn wait_for_stderr(&mut self, text: &str) {
+        Self::wait_for(&self.stderr, text);
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

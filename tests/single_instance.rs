@@ -18,7 +18,7 @@ fn first_instance_writes_its_pid_and_a_newline() {
 }
 
 #[test]
-fn pid_file_is_created_0644_so_everyone_can_read_it() {
+fn pid_file_is_created_0600_so_no_other_user_can_lock_it() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let _bot = start(example("bot", dir.path()));
@@ -26,14 +26,9 @@ fn pid_file_is_created_0644_so_everyone_can_read_it() {
         .unwrap()
         .permissions()
         .mode();
-    // Created 0644; only the umask the child inherited can take bits away.
-    assert_eq!(mode & 0o777, 0o644 & !current_umask());
-}
-
-fn current_umask() -> u32 {
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-    nix::sys::stat::umask(old);
-    old.bits() as u32
+    // Anyone who can open a file can flock it, and another user's lock
+    // would keep the bot from starting: the owner alone may open it.
+    assert_eq!(mode & 0o777, 0o600);
 }
 
 #[test]

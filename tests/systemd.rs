@@ -228,15 +228,24 @@ fn the_notify_socket_stays_in_the_environment() {
     let case = Case::new();
     let running = start(case.supervised_holder(&["spawn-child"], Some(&manager)));
     let child: i32 = running.first_line.trim().parse().unwrap();
+    // `spawn` may return while the child is still in its `exec`: its
+    // environment is readable once its command line is `sleep 30`.
+    let deadline = Instant::now() + DEADLINE;
+    while std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default() != b"sleep\x0030\x00"
+    {
+        assert!(Instant::now() < deadline, "the child never ran sleep");
+        std::thread::yield_now();
+    }
     let environ = std::fs::read(format!("/proc/{child}/environ")).unwrap();
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL);
     let expected = format!("NOTIFY_SOCKET={}", manager.address);
     assert!(
         environ
             .split(|&byte| byte == 0)
             .any(|var| var == expected.as_bytes()),
-        "the child did not see {expected}"
+        "the child did not see {expected}: {:?}",
+        String::from_utf8_lossy(&environ),
     );
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL);
     drop(running);
 }
 

@@ -38,6 +38,11 @@ pub enum Holder {
     /// without a way to ask); the PID file names this PID. It is not proof,
     /// and never signalled.
     File(Pid),
+    /// The lock is held, and the file may not be read from here (another
+    /// user's): the kernel's lock list names this process as the one that
+    /// took the lock. Not verified: it may have exited since, or forked and
+    /// handed the lock on. Never signalled.
+    Taker(Pid),
     /// The lock is held, by a process that could not be verified, and the
     /// file does not name a PID (the holder had not written it yet, or wrote
     /// something else).
@@ -50,7 +55,7 @@ impl Holder {
     #[must_use]
     pub fn pid(&self) -> Option<Pid> {
         match self {
-            Self::Kernel { pid, .. } | Self::File(pid) => Some(*pid),
+            Self::Kernel { pid, .. } | Self::File(pid) | Self::Taker(pid) => Some(*pid),
             Self::Unknown => None,
         }
     }
@@ -69,7 +74,7 @@ impl Holder {
             Self::Kernel { pid, others, .. } => std::iter::once(*pid)
                 .chain(others.iter().copied())
                 .collect(),
-            Self::File(_) | Self::Unknown => Vec::new(),
+            Self::File(_) | Self::Taker(_) | Self::Unknown => Vec::new(),
         }
     }
 }
@@ -100,6 +105,7 @@ impl fmt::Display for Holder {
                 Ok(())
             }
             Self::File(pid) => write!(f, "PID: {pid} per its PID file, not verified"),
+            Self::Taker(pid) => write!(f, "PID: {pid} per the kernel's lock list, not verified"),
             Self::Unknown => f.write_str("PID unknown"),
         }
     }

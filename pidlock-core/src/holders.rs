@@ -209,6 +209,17 @@ pub(crate) fn sharer_of(key: &LockKey, me: Pid) -> Option<Pid> {
     root_of(&sharing).or_else(|| sharing.first().copied())
 }
 
+/// The process the kernel's lock list says took the exclusive lock on
+/// `key`, if any: for a file this process may not open (another user's),
+/// whose holders' descriptors are out of sight too. Not verified: that
+/// process may have exited, or forked and handed the lock on.
+pub(crate) fn exclusive_taker(key: &LockKey) -> Option<Pid> {
+    sys::lock_takers(key)
+        .into_iter()
+        .find(|&(kind, _)| kind == LockKind::Exclusive)
+        .map(|(_, pid)| pid)
+}
+
 /// Whether `pid` holds the exclusive lock on `key` right now, as far as can
 /// be seen.
 pub(crate) fn holds(pid: Pid, key: &LockKey) -> bool {

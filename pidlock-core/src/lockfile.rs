@@ -13,9 +13,9 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 
-use crate::error::{Error, Reader, Result};
+use crate::error::{Error, Holder, Reader, Result};
 use crate::guard::{PidFileGuard, Resolved};
-use crate::holders::Holders;
+use crate::holders::{self, Holders};
 use crate::messages::{self, Level, LogLevel};
 use crate::pid::{Contents, Pid};
 use crate::policy::{Next, OnConflict, Resolve, Resolver};
@@ -23,7 +23,7 @@ use crate::replace::{self, Pinned, Replaced};
 use crate::restart;
 use crate::signal_context::{self, Sharers};
 use crate::signals::{self, Signals};
-use crate::sys::{self, Identity, Locked, Opened, flock, retry_eintr};
+use crate::sys::{self, Identity, Locked, OpenFailure, Opened, flock, retry_eintr};
 use crate::systemd;
 
 /// How often we open, lock and find the path replaced before giving up. Each
@@ -295,11 +295,12 @@ fn lock_file(
         } = match sys::open_file(dir.as_fd(), name, path) {
             Ok(opened) => opened,
             // Removed between our O_EXCL attempt and the plain open: start again.
-            Err(None) => {
+            Err(OpenFailure::Vanished) => {
                 replaced += 1;
                 continue;
             }
-            Err(Some(error)) => return Err(error),
+            Err(OpenFailure::Denied(stat)) => return Err(denied(dir, name, path, &stat)),
+            Err(OpenFailure::Failed(error)) => return Err(error),
         };
         let mut stat = fstat(&file).map_err(|errno| Error::io(path, "inspect", errno))?;
         if let Some(kind) = sys::unsafe_kind(&stat) {
@@ -361,10 +362,10 @@ fn lock_file(
         };
         if !created {
             check_not_foreign(&file, &now, path, read_only)?;
-        } else if now.st_mode & 0o7777 != 0o644 {
-            // A umask such as 077 narrowed the mode: other users would get
-            // "permission denied" instead of the conflict, and `cat` fails.
-            nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(0o644))
+        } else if now.st_mode & 0o7777 != sys::FILE_MODE {
+            // A umask such as 0277 narrowed the mode: the owner could no
+            // longer write its own file.
+            nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(sys::FILE_MODE))
                 .map_err(|errno| Error::io(path, "set the mode of", errno))?;
         }
         let locked = Locked {
@@ -379,11 +380,36 @@ fn lock_file(
     })
 }
 
+/// A file this process may not open at all: another user's (PID files are
+/// 0600). Its instance, if it runs, is named by what the kernel can still
+/// say: the process its lock list says took the lock (not verified: that
+/// user's descriptors are out of sight too). Without a lock it is another
+/// user's stale file, not ours to take over.
+fn denied(dir: &OwnedFd, name: &CStr, path: &Path, stat: &FileStat) -> Error {
+    if stat.st_uid == nix::unistd::geteuid().as_raw() {
+        return Error::io(path, "open", Errno::EACCES);
+    }
+    let taker = sys::path_descriptor(dir.as_fd(), name)
+        .and_then(|named| sys::lock_key(named.as_fd(), Identity::of(stat)))
+        .and_then(|key| holders::exclusive_taker(&key));
+    match taker {
+        Some(pid) => Error::AlreadyRunning {
+            path: path.to_owned(),
+            holder: Holder::Taker(pid),
+        },
+        None => Error::ForeignOwner {
+            path: path.to_owned(),
+            owner: crate::error::user_name(stat.st_uid),
+        },
+    }
+}
+
 /// A file we did not create must be ours alone before we write to it
 /// (SPEC §10, "Other users and hostile files"): owned by the user we run
 /// as, and with no other name (a hard link planted at the path would make
 /// us overwrite the file it points to). A reused file's mode is set back to
-/// 0644, so nobody else can write the PID that tools will signal.
+/// 0600, so nobody else can write the PID that tools will signal, nor
+/// take a lock on the file that would keep the program from starting.
 // `nlink_t` is u64 on Linux/x86_64 and narrower elsewhere.
 #[allow(clippy::useless_conversion)]
 fn check_not_foreign(file: &OwnedFd, now: &FileStat, path: &Path, read_only: bool) -> Result<()> {
@@ -404,8 +430,8 @@ fn check_not_foreign(file: &OwnedFd, now: &FileStat, path: &Path, read_only: boo
         // Ours, but not writable to us (mode 0444?): say so.
         return Err(Error::io(path, "open for writing", Errno::EACCES));
     }
-    if now.st_mode & 0o7777 != 0o644 {
-        nix::sys::stat::fchmod(file, Mode::from_bits_truncate(0o644))
+    if now.st_mode & 0o7777 != sys::FILE_MODE {
+        nix::sys::stat::fchmod(file, Mode::from_bits_truncate(sys::FILE_MODE))
             .map_err(|errno| Error::io(path, "set the mode of", errno))?;
     }
     Ok(())
@@ -427,8 +453,8 @@ enum Busy {
 /// A shared lock that can be had proves that no process holds the exclusive
 /// one: only readers do, and the file is replaced. Otherwise the likely
 /// holders are examined, then (once) every process: a verified instance is
-/// reported at once, and readers that hold it exclusively get the file
-/// replaced. A holder nobody can see (another user's when we are not root,
+/// reported at once, and a reader that holds it exclusively is named
+/// ([`Error::Pinned`]). A holder nobody can see (another user's when we are not root,
 /// another PID namespace's) is tried again for a moment, then reported with
 /// what the file claims, marked unverified.
 fn busy(file: OwnedFd, stat: &FileStat, path: &Path) -> Busy {
@@ -460,10 +486,8 @@ fn busy(file: OwnedFd, stat: &FileStat, path: &Path) -> Busy {
                     .filter(|reader| reader.pid != me && !sys::runs_this_executable(reader.pid))
                     .collect();
                 return Busy::Pinned(Pinned {
-                    file,
+                    frozen: file,
                     stat: *stat,
-                    key,
-                    frozen: true,
                     readers,
                 });
             }
@@ -483,13 +507,12 @@ fn busy(file: OwnedFd, stat: &FileStat, path: &Path) -> Busy {
                 return Busy::Held(file, Error::AlreadyRunning { path, holder });
             }
             if holders.complete && holders.readers.iter().any(|reader| !reader.shared) {
-                return Busy::Pinned(Pinned {
-                    file,
-                    stat: *stat,
-                    key: Some(key.clone()),
-                    frozen: false,
-                    readers: holders.readers,
-                });
+                // A reader (another user, through a read-only descriptor)
+                // holds it exclusively: not an instance, but not a file that
+                // can be replaced safely either (see `crate::replace`).
+                let path = path.to_owned();
+                let readers = holders.readers;
+                return Busy::Held(file, Error::Pinned { path, readers });
             }
         }
         match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)) {

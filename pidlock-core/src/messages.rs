@@ -502,14 +502,14 @@ fn conflict(headline: &str, path: &Path, holder: &Holder) -> String {
             text.push_str("To stop the existing instance:");
             text.push_str(&format!("{INDENT}  kill {pid}"));
         }
-        Holder::File(_) | Holder::Unknown => {
+        Holder::File(_) | Holder::Taker(_) | Holder::Unknown => {
             text.push_str(&format!(
                 "{INDENT}A process holds the lock on {} but cannot be verified from here{}.{INDENT}To find it:{INDENT}  fuser -v {}",
                 path.display(),
-                if holder.pid().is_some() {
-                    " (another user's, or in another PID namespace such as a container)"
-                } else {
-                    " (it may not have written its PID yet)"
+                match holder {
+                    Holder::Taker(_) => " (the file is another user's, and only it and root may open it)",
+                    Holder::File(_) => " (another user's, or in another PID namespace such as a container)",
+                    _ => " (it may not have written its PID yet)",
                 },
                 path.display()
             ));

@@ -11,6 +11,7 @@ use crate::error::{Error, Holder, Result};
 use crate::holders::{self, Holders};
 use crate::messages::{self, Level, LogLevel};
 use crate::process::Pinned;
+use crate::status::still_named;
 use crate::sys::{self, Identity, LockKey, Stopwatch};
 use crate::systemd;
 use crate::waiting::{self, Waited};
@@ -86,6 +87,8 @@ pub(crate) struct Resolver<'a> {
     /// The instance we signalled (every process sharing its lock, pinned),
     /// with what and when.
     signalled: Option<Signalled>,
+    /// The file the current wait is on: it ends if the path stops naming it.
+    waiting_on: Option<Identity>,
 }
 
 struct Signalled {
@@ -116,6 +119,7 @@ impl<'a> Resolver<'a> {
             started: None,
             announced: false,
             signalled: None,
+            waiting_on: None,
         }
     }
 
@@ -129,6 +133,7 @@ impl<'a> Resolver<'a> {
     ) -> Result<Next> {
         self.started
             .get_or_insert_with(|| self.stopwatch.started_at());
+        self.waiting_on = Some(identity);
         let holder = match &conflict {
             Error::AlreadyRunning { holder, .. } => holder.clone(),
             // Held by this process: waiting or signalling would be a deadlock
@@ -173,8 +178,14 @@ impl<'a> Resolver<'a> {
     }
 
     fn wait(&self, file: OwnedFd, deadline: Option<Instant>, holder: Holder) -> Result<Next> {
-        match waiting::lock_exclusive(file, deadline) {
+        // The holder removes the file on its way out; a reader may then keep
+        // the removed inode locked while the path is free: look again.
+        let named = |identity| move || still_named(self.path, identity);
+        let named = self.waiting_on.map(named);
+        let named = named.as_ref().map(|named| named as waiting::StillNamed<'_>);
+        match waiting::lock_exclusive(file, deadline, named) {
             Ok(Waited::Locked(file)) => Ok(Next::Locked(file)),
+            Ok(Waited::Unnamed) => Ok(Next::Retry),
             // Waited up to the deadline: say so in the units the user gave
             // (`timeout = "500ms"` reads "after waiting 500ms", not the few
             // milliseconds of scheduling noise on top).

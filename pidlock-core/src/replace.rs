@@ -12,9 +12,13 @@
 //!
 //! The swap must never hide an instance:
 //!
-//! 1. When the readers' locks are all shared, the start first takes a
-//!    shared lock on the old file itself: from then on no process can take
-//!    the exclusive lock on it, so no instance can appear there ("frozen").
+//! 1. The start takes a shared lock on the old file itself. It succeeds only
+//!    when nobody holds the file exclusively, so no instance holds it; and
+//!    from then on no process can take the exclusive lock on it, so no
+//!    instance can appear there ("frozen"). A file some process holds
+//!    exclusively is never replaced, even by a reader: an instance could
+//!    lock it the moment that reader lets go, and then remove the new file
+//!    when it leaves (its release checks the path, then unlinks it).
 //! 2. Starts that replace take turns: each holds the *replacement lock*, a
 //!    file `.<name>.replace` beside the PID file, mode 0600 (so no other
 //!    user can open it, let alone hold it), locked and removed with the
@@ -27,25 +31,25 @@
 //!    created exclusively and locked exclusively before anyone can know it.
 //! 5. `renameat2(RENAME_EXCHANGE)` swaps the two names in one step: the path
 //!    names the new file, the temporary name the old one. While the start
-//!    holds its turn, nothing else changes the path: other starts only open
-//!    a file that is there, and only the owner of a file removes it.
-//! 6. When the old file could not be frozen (a reader holds it exclusively),
-//!    an instance may have locked it between the look and the swap, having
-//!    passed its own check that the path named it. The start looks again,
-//!    after the swap: if any process that is not a reader holds the old
-//!    file, or its lock cannot be attributed to a visible reader, it swaps
-//!    back and tries the whole lock again (and then meets that instance).
-//! 7. The temporary name (now the old file) is removed; its readers keep an
+//!    holds its turn and the old file is frozen, nothing else changes the
+//!    path: other starts only open a file that is there, and only an owner
+//!    removes one, and the frozen file has none. (Should it have been
+//!    removed from outside and made again, the start swaps back and looks
+//!    again.)
+//! 6. The temporary name (now the old file) is removed; its readers keep an
 //!    inode nobody will look at again. Then the turn is over.
 //!
-//! A start that crashes between 4 and 7 leaves a file under the temporary
+//! A start that crashes between 4 and 6 leaves a file under the temporary
 //! name (`.<name>.<pid>.<n>.pidlock`); nothing reads it, and it can be
 //! removed.
 //!
 //! Only Linux can swap two names atomically; elsewhere, and on filesystems
 //! that cannot (`EINVAL`), the start reports the readers
-//! ([`Error::Pinned`]) rather than risk two instances. A file owned by
-//! another user is never replaced.
+//! ([`Error::Pinned`]) rather than risk two instances; so it does for a
+//! file a reader holds exclusively. A file owned by another user is never
+//! replaced. The file's mode (0600) keeps other users from taking any lock
+//! on it in the first place; readers are the owner's own processes, or
+//! root's.
 
 use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, OwnedFd};
@@ -58,19 +62,16 @@ use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use crate::error::{Error, Reader, Result};
-use crate::holders::Holders;
 use crate::pid::Pid;
-use crate::sys::{self, Identity, LockKey, flock, retry_eintr};
+use crate::sys::{self, Identity, flock, retry_eintr};
 use crate::waiting::{self, Waited};
 
 /// A busy file that only readers hold, as the lock loop found it.
 pub(crate) struct Pinned {
-    /// The old file, with a shared lock on it when `frozen`.
-    pub(crate) file: OwnedFd,
+    /// The old file, with this process's shared lock on it (step 1), kept
+    /// until the swap is done.
+    pub(crate) frozen: OwnedFd,
     pub(crate) stat: FileStat,
-    pub(crate) key: Option<LockKey>,
-    /// This process holds a shared lock on `file` (see step 1).
-    pub(crate) frozen: bool,
     pub(crate) readers: Vec<Reader>,
 }
 
@@ -122,6 +123,12 @@ pub(crate) fn replace(dir: &OwnedFd, name: &CStr, path: &Path, pinned: Pinned) -
     };
     match sys::exchange(dir.as_fd(), &temporary, name) {
         Ok(()) => {}
+        // The path is gone (removed from outside): look again from the
+        // start, as the open does.
+        Err(Errno::ENOENT) => {
+            discard(new);
+            return Ok(Replaced::Retry);
+        }
         Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
             discard(new);
             return Err(pinned_error(path, pinned.readers));
@@ -132,10 +139,9 @@ pub(crate) fn replace(dir: &OwnedFd, name: &CStr, path: &Path, pinned: Pinned) -
         }
     }
     let swapped_out = fstatat(dir, temporary.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW);
-    let displaced_an_instance = !swapped_out.is_ok_and(|out| old.same_file(&out))
-        || (!pinned.frozen && !only_readers_hold(&pinned));
-    if displaced_an_instance {
-        // Step 6: put it back. Our turn keeps the path as we left it.
+    if !swapped_out.is_ok_and(|out| old.same_file(&out)) {
+        // Step 5: not what we looked at (removed from outside and made
+        // again meanwhile): put it back and look again.
         let _ = sys::exchange(dir.as_fd(), &temporary, name);
         discard(new);
         return Ok(Replaced::Retry);
@@ -144,7 +150,10 @@ pub(crate) fn replace(dir: &OwnedFd, name: &CStr, path: &Path, pinned: Pinned) -
         Ok(()) | Err(Errno::ENOENT) => {}
         Err(errno) => return Err(Error::io(path, "remove the replaced", errno)),
     }
+    // The turn first: another start waiting for it then finds the path
+    // naming our file, which it cannot freeze.
     drop(turn);
+    drop(pinned.frozen);
     Ok(Replaced::Locked(new))
 }
 
@@ -153,22 +162,6 @@ fn pinned_error(path: &Path, readers: Vec<Reader>) -> Error {
         path: path.to_owned(),
         readers,
     }
-}
-
-/// Step 6: after the swap, whether the old file is still held by readers
-/// alone. A shared lock on it now proves nobody holds it exclusively; else
-/// every exclusive holder must be a visible reader.
-fn only_readers_hold(pinned: &Pinned) -> bool {
-    match flock(pinned.file.as_fd(), nix::libc::LOCK_SH | nix::libc::LOCK_NB) {
-        Ok(()) => return true,
-        Err(Errno::EWOULDBLOCK) => {}
-        Err(_) => return false,
-    }
-    let Some(key) = &pinned.key else {
-        return false;
-    };
-    let holders = Holders::every(key, pinned.stat.st_uid);
-    holders.exclusive.is_empty() && holders.readers.iter().any(|reader| !reader.shared)
 }
 
 /// Makes the new file under a temporary name and locks it (step 4);
@@ -188,7 +181,7 @@ fn create_temporary(dir: &OwnedFd, name: &CStr, path: &Path) -> Result<Option<(C
                 dir,
                 temporary.as_c_str(),
                 flags,
-                Mode::from_bits_truncate(0o644),
+                Mode::from_bits_truncate(sys::FILE_MODE),
             )
         }) {
             Ok(file) => file,
@@ -248,9 +241,9 @@ impl<'a> Turn<'a> {
             if stat.st_uid != me || sys::unsafe_kind(&stat).is_some() || stat.st_nlink > 1 {
                 return Ok(None);
             }
-            let file = match waiting::lock_exclusive(file, Some(deadline)) {
+            let file = match waiting::lock_exclusive(file, Some(deadline), None) {
                 Ok(Waited::Locked(file)) => file,
-                Ok(Waited::TimedOut) => return Ok(None),
+                Ok(Waited::TimedOut | Waited::Unnamed) => return Ok(None),
                 Err(errno) => return Err(Error::io(path, "lock the replacement lock of", errno)),
             };
             let identity = Identity::of(&stat);

@@ -8,7 +8,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode, fstat, lstat};
 
 use crate::error::{Error, Holder, Reader, Result};
-use crate::holders::Holders;
+use crate::holders::{self, Holders};
 use crate::pid::{Contents, Pid};
 use crate::sys::{self, Identity, LockKey, retry_eintr};
 
@@ -68,8 +68,13 @@ const LOOKS: usize = 3;
 pub fn status(path: impl AsRef<Path>) -> Result<Status> {
     let path = path.as_ref();
     for _ in 0..LOOKS {
-        let Some((file, stat)) = open_existing(path)? else {
-            return Ok(Status::NotRunning);
+        let (file, stat) = match open_existing(path) {
+            Ok(Some(opened)) => opened,
+            Ok(None) => return Ok(Status::NotRunning),
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(nix::libc::EACCES) => {
+                return Ok(denied(path));
+            }
+            Err(error) => return Err(error),
         };
         let file_pid = file_pid(&file, &stat, path);
         match look(&file, &stat, path)? {
@@ -88,6 +93,28 @@ pub fn status(path: impl AsRef<Path>) -> Result<Status> {
         }
     }
     Ok(Status::NotRunning)
+}
+
+/// The status of a file this process may not open (another user's, 0600):
+/// held if the kernel's lock list says someone took the exclusive lock on
+/// it (not verified: that user's descriptors are out of sight too), else
+/// stale.
+fn denied(path: &Path) -> Status {
+    let Ok(stat) = lstat(path) else {
+        return Status::NotRunning;
+    };
+    let taker = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .ok()
+        .and_then(|name| sys::path_descriptor(nix::fcntl::AT_FDCWD, &name))
+        .and_then(|named| sys::lock_key(named.as_fd(), Identity::of(&stat)))
+        .and_then(|key| holders::exclusive_taker(&key));
+    match taker {
+        Some(pid) => Status::Running(Holder::Taker(pid)),
+        None => Status::Stale {
+            pid: None,
+            readers: Vec::new(),
+        },
+    }
 }
 
 /// Whether `path` still names the inode with `identity`.

@@ -185,8 +185,20 @@ impl Stop {
     /// [`status`](crate::status).
     pub fn run(&self, path: impl AsRef<Path>) -> Result<Stopped> {
         let path = path.as_ref();
-        let Some((file, stat)) = open_existing(path)? else {
-            return Ok(Stopped::NotRunning);
+        let (file, stat) = match open_existing(path) {
+            Ok(Some(opened)) => opened,
+            Ok(None) => return Ok(Stopped::NotRunning),
+            // Another user's file: its holder cannot be verified from here.
+            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(nix::libc::EACCES) => {
+                return match crate::status::status(path)? {
+                    Status::Running(holder) => Err(Error::HolderUnverified {
+                        path: path.to_owned(),
+                        holder,
+                    }),
+                    _ => Ok(Stopped::NotRunning),
+                };
+            }
+            Err(error) => return Err(error),
         };
         let holders = match look(&file, &stat, path)? {
             Look::Free { .. } => return Ok(Stopped::NotRunning),
@@ -311,7 +323,7 @@ pub fn wait_until_free(path: impl AsRef<Path>, timeout: Option<Duration>) -> Res
             // Free, unless a start replaced the file meanwhile (readers
             // held it): then wait on the file the path names now.
             Waited::Locked(_) if still_named(path, Identity::of(&stat)) => return Ok(true),
-            Waited::Locked(_) => {}
+            Waited::Locked(_) | Waited::Unnamed => {}
             Waited::TimedOut => return Ok(false),
         }
     }

@@ -2,7 +2,17 @@
 //!
 //! A wait without a deadline is a blocking `flock(LOCK_EX)`: it sleeps in the
 //! kernel until the lock is free, no polling, and the hand-over happens as
-//! soon as the holder's descriptor closes.
+//! soon as the holder's descriptor closes — unless the caller also wants to
+//! know when the file loses its name (see below).
+//!
+//! A starting instance that waits must notice when the file it waits on is
+//! no longer the one its path names: the holder removed it on its way out,
+//! and a reader that took a shared lock on that unlinked inode could then
+//! keep a blocking `flock` waiting forever, while the path is free. Such a
+//! wait (`lock_exclusive` with a check of the name) therefore always takes
+//! the watched path below on Linux, deadline or not: the watch also reports
+//! the file losing a name (`IN_ATTRIB`, `IN_DELETE_SELF`), and the wait then
+//! ends with [`Waited::Unnamed`], for the caller to open the path again.
 //!
 //! A blocking `flock` cannot be given a deadline. On Linux a wait with one
 //! therefore never blocks in `flock`: it watches the file with inotify and
@@ -52,20 +62,45 @@ pub(crate) enum Waited {
     Locked(OwnedFd),
     /// The deadline passed first.
     TimedOut,
+    /// The file no longer is the one its path names (the check the caller
+    /// gave said so after a wake-up): nothing was locked.
+    Unnamed,
 }
 
-/// Blocks until `file` is locked exclusively, or until `deadline`.
-pub(crate) fn lock_exclusive(file: OwnedFd, deadline: Option<Instant>) -> nix::Result<Waited> {
-    lock(file, nix::libc::LOCK_EX, deadline)
+/// Whether the waited-on file is still the one its path names.
+pub(crate) type StillNamed<'a> = &'a dyn Fn() -> bool;
+
+/// Blocks until `file` is locked exclusively, or until `deadline`, or (with
+/// `named`, where the kernel can report it) until `named` says the file lost
+/// its name.
+pub(crate) fn lock_exclusive(
+    file: OwnedFd,
+    deadline: Option<Instant>,
+    named: Option<StillNamed<'_>>,
+) -> nix::Result<Waited> {
+    lock(file, nix::libc::LOCK_EX, deadline, named)
 }
 
 /// Blocks until `file` can be locked shared (nobody holds it exclusively),
 /// or until `deadline`: how an observer waits for a holder to let go.
 pub(crate) fn lock_shared(file: OwnedFd, deadline: Option<Instant>) -> nix::Result<Waited> {
-    lock(file, nix::libc::LOCK_SH, deadline)
+    lock(file, nix::libc::LOCK_SH, deadline, None)
 }
 
-fn lock(file: OwnedFd, operation: i32, deadline: Option<Instant>) -> nix::Result<Waited> {
+fn lock(
+    file: OwnedFd,
+    operation: i32,
+    deadline: Option<Instant>,
+    named: Option<StillNamed<'_>>,
+) -> nix::Result<Waited> {
+    if deadline.is_none() && named.is_some() {
+        match notified::lock_until(file.as_fd(), operation, None, notified::MAX_SLEEP, named)? {
+            notified::Outcome::Locked => return Ok(Waited::Locked(file)),
+            notified::Outcome::Unnamed => return Ok(Waited::Unnamed),
+            // No deadline: not reached.
+            notified::Outcome::TimedOut | notified::Outcome::Unavailable => {}
+        }
+    }
     let Some(deadline) = deadline else {
         retry_eintr(|| flock(file.as_fd(), operation))?;
         return Ok(Waited::Locked(file));
@@ -80,9 +115,16 @@ fn lock(file: OwnedFd, operation: i32, deadline: Option<Instant>) -> nix::Result
         Err(nix::errno::Errno::EWOULDBLOCK) => {}
         Err(errno) => return Err(errno),
     }
-    match notified::lock_until(file.as_fd(), operation, deadline, notified::MAX_SLEEP)? {
+    match notified::lock_until(
+        file.as_fd(),
+        operation,
+        Some(deadline),
+        notified::MAX_SLEEP,
+        named,
+    )? {
         notified::Outcome::Locked => return Ok(Waited::Locked(file)),
         notified::Outcome::TimedOut => return Ok(Waited::TimedOut),
+        notified::Outcome::Unnamed => return Ok(Waited::Unnamed),
         notified::Outcome::Unavailable => {}
     }
     helper::lock_until(file, operation, deadline)
@@ -104,24 +146,30 @@ mod notified {
     pub(super) const MAX_SLEEP: Duration = Duration::from_secs(1);
 
     /// The first retry interval after an event, covering the moment between
-    /// the kernel reporting a close and dropping that description's locks.
-    const AFTER_EVENT: Duration = Duration::from_millis(5);
+    /// the kernel reporting a close and dropping that description's locks
+    /// (microseconds); it doubles while the lock stays taken.
+    const AFTER_EVENT: Duration = Duration::from_micros(200);
 
     pub(super) enum Outcome {
         Locked,
         TimedOut,
+        /// The caller's check says the file lost its name.
+        Unnamed,
         /// No close watch could be had; nothing was locked, and the caller
         /// falls back to the helper thread for the rest of the wait.
         Unavailable,
     }
 
-    /// Tries to lock `file` until `deadline`, sleeping between attempts
-    /// until the file reports a close, or for `max_sleep` at most.
+    /// Tries to lock `file` until `deadline` (or for as long as it takes),
+    /// sleeping between attempts until the file reports a close, or for
+    /// `max_sleep` at most; after each wake-up, `named` (if given) is asked
+    /// whether the file still has its name.
     pub(super) fn lock_until(
         file: BorrowedFd<'_>,
         operation: i32,
-        deadline: Instant,
+        deadline: Option<Instant>,
         max_sleep: Duration,
+        named: Option<super::StillNamed<'_>>,
     ) -> nix::Result<Outcome> {
         let Some(watch) = CloseWatch::new(file) else {
             return Ok(Outcome::Unavailable);
@@ -133,12 +181,17 @@ mod notified {
                 Err(Errno::EWOULDBLOCK | Errno::EINTR) => {}
                 Err(errno) => return Err(errno),
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(Outcome::TimedOut);
+            if named.is_some_and(|named| !named()) {
+                return Ok(Outcome::Unnamed);
             }
+            let now = Instant::now();
+            let left = match deadline {
+                Some(deadline) if now >= deadline => return Ok(Outcome::TimedOut),
+                Some(deadline) => deadline - now,
+                None => sleep,
+            };
             let mut fds = [PollFd::new(watch.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, poll_timeout((deadline - now).min(sleep))) {
+            match poll(&mut fds, poll_timeout(left.min(sleep))) {
                 Ok(0) => sleep = sleep.saturating_mul(2).min(max_sleep),
                 Ok(_) => {
                     if watch.drain().is_err() {
@@ -334,11 +387,19 @@ mod tests {
 
     fn wait_via(via: Via, file: OwnedFd, operation: i32, deadline: Instant) -> bool {
         match via {
-            Via::Public if operation == LOCK_EX => locked(lock_exclusive(file, Some(deadline))),
+            Via::Public if operation == LOCK_EX => {
+                locked(lock_exclusive(file, Some(deadline), None))
+            }
             Via::Public => locked(lock_shared(file, Some(deadline))),
             #[cfg(target_os = "linux")]
             Via::EventsOnly => matches!(
-                notified::lock_until(file.as_fd(), operation, deadline, Duration::from_secs(3600)),
+                notified::lock_until(
+                    file.as_fd(),
+                    operation,
+                    Some(deadline),
+                    Duration::from_secs(3600),
+                    None
+                ),
                 Ok(notified::Outcome::Locked)
             ),
         }
@@ -390,7 +451,10 @@ mod tests {
         let _holder = hold(open(&path), LOCK_EX);
         let before = threads();
         let timeout = Duration::from_millis(200);
-        for wait in [lock_exclusive, lock_shared, lock_exclusive] {
+        let exclusive = |file, deadline| lock_exclusive(file, deadline, None);
+        let waits: [&dyn Fn(OwnedFd, Option<Instant>) -> nix::Result<Waited>; 3] =
+            [&exclusive, &lock_shared, &exclusive];
+        for wait in waits {
             let started = Instant::now();
             let waited = wait(open(&path), Some(started + timeout));
             let elapsed = started.elapsed();
@@ -468,6 +532,41 @@ mod tests {
         }
     }
 
+    /// A waiting start notices that the holder removed the file on its way
+    /// out, while the lock is still held: a reader that takes a shared lock
+    /// on the removed inode then cannot keep it waiting (a blocking `flock`
+    /// could wait behind that reader forever). With a deadline or without.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_wait_that_checks_the_name_ends_when_the_file_is_removed() {
+        let dir = tempfile::tempdir().expect("make a temporary directory");
+        let path = dir.path().join("held.pid");
+        for deadline in [None, Some(Instant::now() + PATIENCE)] {
+            let holder = hold(open(&path), LOCK_EX);
+            let waiter = open(&path);
+            let (named_path, unlinked) = (path.clone(), path.clone());
+            // The holder removes the file and keeps the lock past the point
+            // the wait must have ended.
+            let release = move |holder: OwnedFd| {
+                std::fs::remove_file(&unlinked).expect("unlink the test file");
+                thread::sleep(PATIENCE / 2);
+                drop(holder);
+            };
+            let named = move || named_path.exists();
+            let (waited, elapsed) = wait_while_released(holder, release, |_| {
+                lock_exclusive(waiter, deadline, Some(&named))
+            });
+            assert!(
+                matches!(waited, Ok(Waited::Unnamed)),
+                "{deadline:?}: the wait did not notice the file was removed"
+            );
+            assert!(
+                elapsed < PATIENCE / 2,
+                "{deadline:?}: noticed late, after {elapsed:?}"
+            );
+        }
+    }
+
     /// `LOCK_UN` without a close makes no inotify event: the capped sleep is
     /// what notices it.
     #[test]
@@ -481,7 +580,7 @@ mod tests {
             thread::sleep(Duration::from_secs(3));
         };
         let (waited, elapsed) = wait_while_released(holder, unlock, |deadline| {
-            lock_exclusive(open(&path), Some(deadline))
+            lock_exclusive(open(&path), Some(deadline), None)
         });
         assert!(locked(waited), "the unlock was never noticed");
         assert!(elapsed < PATIENCE / 2, "noticed late, after {elapsed:?}");
@@ -491,7 +590,11 @@ mod tests {
     fn timed_wait_on_a_free_lock_takes_it_even_past_the_deadline() {
         let dir = tempfile::tempdir().expect("make a temporary directory");
         let path = dir.path().join("free.pid");
-        assert!(locked(lock_exclusive(open(&path), Some(Instant::now()))));
+        assert!(locked(lock_exclusive(
+            open(&path),
+            Some(Instant::now()),
+            None
+        )));
     }
 
     #[test]
@@ -499,7 +602,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("make a temporary directory");
         let path = dir.path().join("held.pid");
         let holder = hold(open(&path), LOCK_EX);
-        let (waited, _) = wait_while_released(holder, drop, |_| lock_exclusive(open(&path), None));
+        let (waited, _) =
+            wait_while_released(holder, drop, |_| lock_exclusive(open(&path), None, None));
         assert!(locked(waited));
     }
 

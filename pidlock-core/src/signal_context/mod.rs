@@ -79,7 +79,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{IntoRawFd, RawFd};
 use std::path::PathBuf;
 use std::ptr;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Once};
 
 use nix::errno::Errno;
@@ -165,11 +165,35 @@ fn current_pid() -> i32 {
 }
 
 /// A lock's sharers pipe, made the first time the process forks while
-/// holding it (see "Sharing"); -1 in both while there is none.
+/// holding it (see "Sharing"), and what letting go of it answered.
 #[derive(Debug)]
 pub(crate) struct Sharers {
+    state: AtomicU8,
     read: AtomicI32,
     write: AtomicI32,
+}
+
+/// How many times [`Sharers::ensure`] yields to another thread making the
+/// pipe before it gives up waiting.
+const MAKING_PATIENCE: u32 = 10_000;
+
+/// [`Sharers`]' states.
+mod sharers {
+    /// Never held across a fork: nobody else has the lock.
+    pub(super) const NEVER: u8 = 0;
+    /// Held across a fork, and the pipe is open.
+    pub(super) const OPEN: u8 = 1;
+    /// Held across a fork, but no pipe could be made: nobody can tell who
+    /// else has the lock, so a release keeps the file (the safe side).
+    pub(super) const FAILED: u8 = 2;
+    /// [`Sharers::leave`](super::Sharers::leave) is reading the pipe now.
+    pub(super) const LEAVING: u8 = 3;
+    /// [`Sharers::ensure`](super::Sharers::ensure) is making the pipe now.
+    pub(super) const MAKING: u8 = 6;
+    /// It answered: alone.
+    pub(super) const LEFT_ALONE: u8 = 4;
+    /// It answered: shared.
+    pub(super) const LEFT_SHARED: u8 = 5;
 }
 
 /// Whether other processes still share a lock this process lets go of.
@@ -185,6 +209,7 @@ pub(crate) enum Sharing {
 impl Sharers {
     pub(crate) const fn none() -> Self {
         Self {
+            state: AtomicU8::new(sharers::NEVER),
             read: AtomicI32::new(-1),
             write: AtomicI32::new(-1),
         }
@@ -193,6 +218,7 @@ impl Sharers {
     /// Sharers handed over across `exec` ([`crate::restart`]).
     pub(crate) fn adopted(read: RawFd, write: RawFd) -> Self {
         Self {
+            state: AtomicU8::new(sharers::OPEN),
             read: AtomicI32::new(read),
             write: AtomicI32::new(write),
         }
@@ -200,58 +226,95 @@ impl Sharers {
 
     /// Makes the pipe if there is none. Async-signal-safe (`pipe2`).
     pub(crate) fn ensure(&self) {
-        if self.read.load(SeqCst) >= 0 {
+        if self
+            .state
+            .compare_exchange(sharers::NEVER, sharers::MAKING, SeqCst, SeqCst)
+            .is_err()
+        {
+            // Made already, or being made by another thread forking at the
+            // same moment: wait for it, so that our child inherits it too.
+            // It is one system call away; the bound only guards against a
+            // handler that forked on the very thread making it.
+            for _ in 0..MAKING_PATIENCE {
+                if self.state.load(SeqCst) != sharers::MAKING {
+                    return;
+                }
+                std::thread::yield_now();
+            }
             return;
         }
-        let Ok((read, write)) = sys::sharers_pipe() else {
-            // Without a pipe a later release cannot tell; it then keeps the
-            // file (see `leave`), the safe side.
-            return;
-        };
-        let (read, write) = (read.into_raw_fd(), write.into_raw_fd());
-        if self.read.compare_exchange(-1, read, SeqCst, SeqCst).is_ok() {
-            self.write.store(write, SeqCst);
-        } else {
-            // Another thread forking at the same moment made one first.
-            close_raw(read);
-            close_raw(write);
+        match sys::sharers_pipe() {
+            Ok((read, write)) => {
+                self.read.store(read.into_raw_fd(), SeqCst);
+                self.write.store(write.into_raw_fd(), SeqCst);
+                self.state.store(sharers::OPEN, SeqCst);
+            }
+            // Without a pipe a later release cannot tell who else has the
+            // lock: it keeps the file.
+            Err(_) => self.state.store(sharers::FAILED, SeqCst),
         }
     }
 
     /// The pipe's descriptors, if there is one: for a command given the
     /// lock ([`crate::PidFileGuard::share_with`]) and for [`crate::restart`].
     pub(crate) fn descriptors(&self) -> Option<(RawFd, RawFd)> {
+        if self.state.load(SeqCst) != sharers::OPEN {
+            return None;
+        }
         let (read, write) = (self.read.load(SeqCst), self.write.load(SeqCst));
         (read >= 0 && write >= 0).then_some((read, write))
     }
 
     /// Lets go of this process's end and says whether another process still
-    /// has one. Async-signal-safe (`close`, `read`).
+    /// has one. Async-signal-safe (`close`, `read`), and answers the same
+    /// every time it is asked: a signal handler that interrupts a release
+    /// between this answer and the end of the release must not find the
+    /// pipe's ends gone and conclude "alone".
     pub(crate) fn leave(&self) -> Sharing {
-        let write = self.write.swap(-1, SeqCst);
-        close_raw(write);
-        let read = self.read.swap(-1, SeqCst);
-        if read < 0 {
-            return if write < 0 {
-                // Never held across a fork: nobody else has it.
-                Sharing::Alone
-            } else {
-                Sharing::Shared
+        loop {
+            let state = self.state.load(SeqCst);
+            let (to, answer) = match state {
+                sharers::LEFT_ALONE => return Sharing::Alone,
+                sharers::LEFT_SHARED => return Sharing::Shared,
+                // Another context is reading or making the pipe right now:
+                // this is a handler that interrupted it, and cannot wait.
+                sharers::LEAVING | sharers::MAKING => return Sharing::Shared,
+                sharers::NEVER => (sharers::LEFT_ALONE, Sharing::Alone),
+                sharers::FAILED => (sharers::LEFT_SHARED, Sharing::Shared),
+                _ => break,
             };
+            if self
+                .state
+                .compare_exchange(state, to, SeqCst, SeqCst)
+                .is_ok()
+            {
+                return answer;
+            }
         }
+        if self
+            .state
+            .compare_exchange(sharers::OPEN, sharers::LEAVING, SeqCst, SeqCst)
+            .is_err()
+        {
+            return self.leave();
+        }
+        close_raw(self.write.swap(-1, SeqCst));
+        let read = self.read.swap(-1, SeqCst);
         let mut byte = 0u8;
         // SAFETY: read(2) into one byte we own; the descriptor is ours and
         // non-blocking.
         let read_now = unsafe { libc::read(read, ptr::from_mut(&mut byte).cast(), 1) };
         close_raw(read);
-        if read_now == 0 {
-            // End of file: no write end is open anywhere.
-            Sharing::Alone
+        // End of file: no write end is open anywhere. "Would block" (a
+        // write end is still open elsewhere), or an answer we do not
+        // expect: keep the file, the safe side.
+        let (state, answer) = if read_now == 0 {
+            (sharers::LEFT_ALONE, Sharing::Alone)
         } else {
-            // "Would block" (a write end is still open elsewhere), or an
-            // answer we do not expect: keep the file, the safe side.
-            Sharing::Shared
-        }
+            (sharers::LEFT_SHARED, Sharing::Shared)
+        };
+        self.state.store(state, SeqCst);
+        answer
     }
 
     /// Closes this process's ends without asking: a process that does not

@@ -51,6 +51,13 @@ pub(crate) fn sharers_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
 }
 
+/// An `O_PATH` descriptor of `name` in `dir` (no permission on the file
+/// itself is needed), not following a symlink.
+pub(super) fn path_descriptor(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> Option<OwnedFd> {
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    openat(dir, name, flags, Mode::empty()).ok()
+}
+
 /// Swaps the names `a` and `b` in `dir` atomically
 /// (`renameat2(RENAME_EXCHANGE)`, Linux 3.15+; `EINVAL` on filesystems that
 /// cannot).

@@ -224,8 +224,7 @@ fn is_directory(path: &Path) -> bool {
         .is_ok_and(|stat| SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
 }
 
-/// Opens the PID file, creating it if absent. `Err(None)` means "vanished
-/// under us, try again".
+/// Opens the PID file, creating it if absent.
 ///
 /// `O_CREAT | O_EXCL` first tells us, without another system call, whether the
 /// file is new (nothing to read) or was left behind (stale or corrupted). An
@@ -233,18 +232,20 @@ fn is_directory(path: &Path) -> bool {
 /// (opening one can have effects), and `O_NOCTTY` keeps a terminal swapped in
 /// at the last moment from becoming ours. `O_NOFOLLOW` refuses a symlink;
 /// `O_NONBLOCK` keeps a FIFO from blocking the open; `O_CLOEXEC` keeps
-/// children from inheriting the lock. A file we may not write (another
-/// user's) is opened read-only: enough to lock it and learn whether its
-/// instance runs, which is what the user needs to hear.
+/// children from inheriting the lock. The file is created 0600: anyone who
+/// can open a file can `flock` it, and another user's lock on it would keep
+/// the program from starting (see [`crate::replace`]). A file we may not
+/// write (our own, made read-only) is opened read-only: enough to lock it and
+/// learn whether its instance runs.
 pub(crate) fn open_file(
     dir: BorrowedFd<'_>,
     name: &CStr,
     path: &Path,
-) -> std::result::Result<Opened, Option<Error>> {
+) -> std::result::Result<Opened, OpenFailure> {
     let flags =
         OFlag::O_RDWR | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
     let create = flags | OFlag::O_CREAT | OFlag::O_EXCL;
-    let mode = Mode::from_bits_truncate(0o644);
+    let mode = Mode::from_bits_truncate(FILE_MODE);
     match retry_eintr(|| openat(dir, name, create, mode)) {
         Ok(file) => {
             return Ok(Opened {
@@ -254,19 +255,22 @@ pub(crate) fn open_file(
             });
         }
         Err(Errno::EEXIST) => {}
-        Err(errno) => return Err(Some(open_error(dir, name, path, "create", errno))),
-    }
-    match fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(existing) => {
-            if let Some(kind) = unsafe_kind(&existing) {
-                return Err(Some(Error::UnsafePath {
-                    path: path.to_owned(),
-                    kind,
-                }));
-            }
+        Err(errno) => {
+            return Err(OpenFailure::Failed(open_error(
+                dir, name, path, "create", errno,
+            )));
         }
-        Err(Errno::ENOENT) => return Err(None),
-        Err(errno) => return Err(Some(Error::io(path, "inspect", errno))),
+    }
+    let existing = match fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(existing) => existing,
+        Err(Errno::ENOENT) => return Err(OpenFailure::Vanished),
+        Err(errno) => return Err(OpenFailure::Failed(Error::io(path, "inspect", errno))),
+    };
+    if let Some(kind) = unsafe_kind(&existing) {
+        return Err(OpenFailure::Failed(Error::UnsafePath {
+            path: path.to_owned(),
+            kind,
+        }));
     }
     let (file, read_only) = match retry_eintr(|| openat(dir, name, flags, Mode::empty())) {
         Ok(file) => (file, false),
@@ -274,18 +278,43 @@ pub(crate) fn open_file(
             let read_only = (flags - OFlag::O_RDWR) | OFlag::O_RDONLY;
             match retry_eintr(|| openat(dir, name, read_only, Mode::empty())) {
                 Ok(file) => (file, true),
-                Err(Errno::ENOENT) => return Err(None),
-                Err(errno) => return Err(Some(open_error(dir, name, path, "open", errno))),
+                Err(Errno::ENOENT) => return Err(OpenFailure::Vanished),
+                // Another user's file (0600): it may not even be read.
+                Err(Errno::EACCES) => return Err(OpenFailure::Denied(Box::new(existing))),
+                Err(errno) => {
+                    return Err(OpenFailure::Failed(open_error(
+                        dir, name, path, "open", errno,
+                    )));
+                }
             }
         }
-        Err(Errno::ENOENT) => return Err(None),
-        Err(errno) => return Err(Some(open_error(dir, name, path, "open", errno))),
+        Err(Errno::ENOENT) => return Err(OpenFailure::Vanished),
+        Err(errno) => {
+            return Err(OpenFailure::Failed(open_error(
+                dir, name, path, "open", errno,
+            )));
+        }
     };
     Ok(Opened {
         file,
         created: false,
         read_only,
     })
+}
+
+/// The mode PID files are created with, and set back to: the owner alone may
+/// open them (see [`open_file`]).
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// Why [`open_file`] did not open the file.
+pub(crate) enum OpenFailure {
+    /// It vanished between two calls: try again.
+    Vanished,
+    /// It exists and may not be opened at all (another user's): its `stat`
+    /// (boxed: it is large, and this is the rare case).
+    Denied(Box<FileStat>),
+    /// Anything else.
+    Failed(Error),
 }
 
 /// A PID file just opened.
@@ -295,6 +324,13 @@ pub(crate) struct Opened {
     pub(crate) created: bool,
     /// We may not write it: it is not ours, or not writable.
     pub(crate) read_only: bool,
+}
+
+/// A descriptor that names a file without opening it for reading or
+/// writing (`O_PATH`, Linux): enough to ask the kernel about its locks when
+/// the file itself may not be opened (another user's). `None` elsewhere.
+pub(crate) fn path_descriptor(dir: BorrowedFd<'_>, name: &CStr) -> Option<OwnedFd> {
+    platform::path_descriptor(dir, name)
 }
 
 /// Explains a failed open: a symlink (`ELOOP`, `EMLINK` on FreeBSD), a

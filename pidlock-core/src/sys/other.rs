@@ -46,6 +46,11 @@ pub(crate) fn sharers_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
     Ok((read, write))
 }
 
+/// No `O_PATH` here.
+pub(super) fn path_descriptor(_dir: BorrowedFd<'_>, _name: &std::ffi::CStr) -> Option<OwnedFd> {
+    None
+}
+
 /// No atomic exchange of two names.
 pub(crate) fn exchange(
     _dir: BorrowedFd<'_>,

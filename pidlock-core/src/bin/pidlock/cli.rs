@@ -280,6 +280,9 @@ fn describe_holder(holder: &Holder) -> String {
         Holder::File(pid) => format!(
             "PID unknown: no process here can be verified as the holder; the PID file says {pid}"
         ),
+        Holder::Taker(pid) => format!(
+            "PID unknown: the file is another user's; the kernel's lock list says PID {pid} took the lock"
+        ),
         Holder::Unknown => "PID unknown: no process here can be verified as the holder".to_owned(),
     }
 }
