@@ -1,5 +1,5 @@
 //! A daemon that takes the lock, then detaches from the terminal: the
-//! `fork`/`daemon(3)` pattern (SPEC §10, "Ownership").
+//! `fork`/`daemon(3)` pattern (DESIGN.md, *Processes and places*).
 //!
 //! ```text
 //! cargo run --example daemon     # returns at once; the daemon runs on

@@ -1,4 +1,4 @@
-//! SPEC §7: bad input gets a clear error and loses nothing. Each case runs
+//! Bad input gets a clear error and loses nothing (DESIGN.md, *Messages*). Each case runs
 //! the fixture program with its PID file pointed at the bad input.
 
 mod common;

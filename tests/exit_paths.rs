@@ -1,4 +1,4 @@
-//! SPEC §5, one test per row: however the program ends, the file is gone
+//! DESIGN.md, *Exit paths*, one test per row: however the program ends, the file is gone
 //! and the exit status is what it would have been without pidlock.
 
 mod common;

@@ -1,4 +1,4 @@
-//! SPEC §10, "Processes and places", with real processes: a holder in a
+//! DESIGN.md, *Processes and places*, with real processes: a holder in a
 //! container seen from the host and the other way round, another user's
 //! instance, hostile files at the PID path, messages through a logger or
 //! quieted, and observers running flat out while instances come and go.
@@ -132,7 +132,7 @@ fn a_container_holder_is_named_by_its_host_pid_and_stopped_by_it() {
     );
     let (status, stderr) = container.finish();
     // PID 1 has no default action for SIGTERM: the handler ends it with
-    // 128 + 15 after cleanup (SPEC §10, "PID 1"); unshare passes that on.
+    // 128 + 15 after cleanup (DESIGN.md, *Exit paths*); unshare passes that on.
     assert_eq!(status.code(), Some(143), "{status:?}\n{stderr}");
     assert!(!case.pid_file.exists(), "file left behind:\n{stderr}");
     assert!(stderr.ends_with(&release_lines(&case.pid_file)), "{stderr}");

@@ -1,4 +1,5 @@
-//! SPEC §4's conflict policies and seamless restart, with real processes.
+//! The conflict policies and the seamless restart (DESIGN.md, *The lock
+//! protocol*), with real processes.
 
 mod common;
 
@@ -232,7 +233,7 @@ fn restart_keeps_the_lock_and_the_pid_across_twenty_execs() {
     // A contender tries the lock in a tight loop for as long as the restarts go on.
     let contender = PidLock::new(&case.pid_file)
         .signals(Signals::None)
-        .quiet(true);
+        .log_level(pidlock_core::LogLevel::Error);
     let mut attempts = 0;
     loop {
         match contender.acquire() {

@@ -1,4 +1,4 @@
-//! SPEC §10 with real processes (issue 11): the lock stays true under
+//! DESIGN.md, *Processes and places*, with real processes: the lock stays true under
 //! `fork`, daemonizing, a PID namespace, and a dead or reused locker PID.
 //!
 //! Linux only, as root: some tests make a PID namespace (`unshare`) or steer
@@ -897,7 +897,7 @@ fn a_file_naming_us_is_not_held_by_us(case: &Case) {
     std::fs::write(&case.pid_file, format!("{}\n", std::process::id())).unwrap();
     let lock = PidLock::new(&case.pid_file)
         .signals(Signals::None)
-        .quiet(true);
+        .log_level(pidlock_core::LogLevel::Error);
     let waited = lock
         .clone()
         .on_conflict(OnConflict::Wait {

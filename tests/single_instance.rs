@@ -1,4 +1,4 @@
-//! The attribute end to end, with real processes: the seed's manual test
+//! The attribute end to end, with real processes: the manual test
 //! (start, conflict, Ctrl-C), normal exit, the default path and other keys.
 
 mod common;

@@ -1,4 +1,4 @@
-//! SPEC §9 under a supervisor: the `sd_notify` messages a service manager
+//! DESIGN.md, *CLI and supervisors*, under a supervisor: the `sd_notify` messages a service manager
 //! receives on a real `AF_UNIX` datagram socket, journald priorities, and
 //! the example units checked by `systemd-analyze verify`.
 

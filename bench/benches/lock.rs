@@ -83,7 +83,7 @@ fn acquire_release(dir: &Path, label: &str) {
         file("fs4.pid"),
         file("pidlock-crate.pid"),
     );
-    let ours_lock = PidLock::new(&ours).quiet(true);
+    let ours_lock = PidLock::new(&ours).log_level(pidlock_core::LogLevel::Error);
     let mut variants = vec![
         Variant {
             name: "raw-syscall floor",
@@ -161,7 +161,7 @@ fn conflict(dir: &Path) {
     let holder = File::options().read(true).write(true).open(&path).unwrap();
     let _held =
         nix::fcntl::Flock::lock(holder, nix::fcntl::FlockArg::LockExclusiveNonblock).unwrap();
-    let ours = PidLock::new(&path).quiet(true);
+    let ours = PidLock::new(&path).log_level(pidlock_core::LogLevel::Error);
     let mut variants = vec![
         Variant {
             name: "raw-syscall floor (open, flock fails, read, close)",
@@ -201,7 +201,9 @@ fn conflict(dir: &Path) {
 fn handover(dir: &Path) {
     const HANDOVERS: usize = 300;
     let path = dir.join("handover.pid");
-    let holder = PidLock::new(&path).quiet(true).signals(Signals::None);
+    let holder = PidLock::new(&path)
+        .log_level(pidlock_core::LogLevel::Error)
+        .signals(Signals::None);
     let mut latencies = Vec::with_capacity(HANDOVERS);
     for _ in 0..HANDOVERS {
         let guard = holder.acquire().unwrap();

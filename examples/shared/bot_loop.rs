@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-pub fn poll_forever() -> ! {
+pub(crate) fn poll_forever() -> ! {
     let pid = std::process::id();
     for tick in 1.. {
         // Where a real bot would call getUpdates.

@@ -1,5 +1,5 @@
 //! Handing the lock to the child that carries on after a fork: the daemon
-//! pattern (SPEC §10, "Ownership").
+//! pattern (DESIGN.md, *Processes and places*).
 
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
@@ -24,7 +24,7 @@ const PREVIOUS_OWNER_PATIENCE: Duration = Duration::from_secs(10);
 /// through `fork()`: for the child that carries on after daemonizing.
 ///
 /// The process that acquires a lock owns it; a forked child shares the kernel
-/// lock but never removes or rewrites the file (SPEC §10). A daemon is the
+/// lock but never removes or rewrites the file (DESIGN.md, *Messages*). A daemon is the
 /// exception: its parent exits and the child *is* the instance from then on.
 /// Call this in that child, once, after the fork(s). It waits for the previous
 /// owner to exit, checks that this process still holds the lock on the file

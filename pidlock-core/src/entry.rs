@@ -215,7 +215,7 @@ impl Entry {
     }
 
     /// Takes every lock or ends the process with the exit code after printing
-    /// why (SPEC §6).
+    /// why (DESIGN.md, *Messages*).
     pub fn acquire_or_exit(self) -> InstanceGuard {
         match self.acquire() {
             Ok(guard) => guard,

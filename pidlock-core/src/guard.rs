@@ -14,7 +14,7 @@ use crate::messages;
 use crate::pid::Pid;
 use crate::restart::set_close_on_exec;
 use crate::signal_context::{self, LetGo, Owner, Registration, Sharers};
-use crate::sys::{self, Identity, Locked};
+use crate::sys::{self, HeldFile, Identity};
 use crate::systemd;
 
 /// A held PID-file lock. Dropping it (or [`release`](Self::release)) removes
@@ -55,21 +55,21 @@ impl std::fmt::Debug for Registration {
 
 /// Where a lock's path came from: the absolute path, and the working
 /// directory that resolved it when it was given relative.
-pub(crate) struct Resolved {
+pub(crate) struct ResolvedPath {
     pub(crate) path: PathBuf,
     pub(crate) resolved_in: Option<PathBuf>,
 }
 
 impl PidFileGuard {
     pub(crate) fn new(
-        resolved: Resolved,
+        resolved: ResolvedPath,
         dir: OwnedFd,
         name: CString,
-        locked: Locked,
+        locked: HeldFile,
         sharers: Sharers,
         announce: bool,
     ) -> Self {
-        let Resolved { path, resolved_in } = resolved;
+        let ResolvedPath { path, resolved_in } = resolved;
         let registration = signal_context::register(Registration {
             dir: dir.as_raw_fd(),
             file: locked.file.as_raw_fd(),
@@ -153,7 +153,7 @@ impl PidFileGuard {
     ///
     /// let dir = tempfile::tempdir()?;
     /// let path = dir.path().join("job.pid");
-    /// let mut guard = PidLock::new(&path).signals(Signals::None).quiet(true).acquire()?;
+    /// let mut guard = PidLock::new(&path).signals(Signals::None).log_level(pidlock_core::LogLevel::Error).acquire()?;
     /// let mut command = Command::new("sleep");
     /// command.arg("60");
     /// let mut child = guard.share_with(&mut command).spawn()?;
@@ -333,7 +333,7 @@ impl Drop for PidFileGuard {
 /// use pidlock_core::{PidLock, Signals};
 ///
 /// let dir = tempfile::tempdir()?;
-/// let guard = PidLock::new(dir.path().join("job.pid")).signals(Signals::None).quiet(true).acquire()?;
+/// let guard = PidLock::new(dir.path().join("job.pid")).signals(Signals::None).log_level(pidlock_core::LogLevel::Error).acquire()?;
 /// assert!(pidlock_core::held_pid_files().contains(&guard.path().to_path_buf()));
 /// drop(guard);
 /// assert!(pidlock_core::held_pid_files().is_empty());

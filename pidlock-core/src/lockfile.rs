@@ -1,4 +1,4 @@
-//! The lock-file protocol on one host (SPEC §4), after FreeBSD's `flopen(3)`
+//! The lock-file protocol on one host (DESIGN.md, *The lock protocol*), after FreeBSD's `flopen(3)`
 //! and `pidfile(3)`.
 //!
 //! The kernel lock (`flock`) is the truth; the PID written in the file is for
@@ -14,16 +14,16 @@ use nix::errno::Errno;
 use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 
 use crate::error::{Error, Holder, Reader, Result};
-use crate::guard::{PidFileGuard, Resolved};
+use crate::guard::{PidFileGuard, ResolvedPath};
 use crate::holders::{self, Holders};
 use crate::messages::{self, Level, LogLevel};
 use crate::pid::{Contents, Pid};
-use crate::policy::{Next, OnConflict, Resolve, Resolver};
+use crate::policy::{ConflictHandler, HandleConflict, Next, OnConflict};
 use crate::replace::{self, Pinned, Replaced};
 use crate::restart;
 use crate::signal_context::{self, Sharers};
 use crate::signals::{self, Signals};
-use crate::sys::{self, Identity, Locked, OpenFailure, Opened, flock, retry_eintr};
+use crate::sys::{self, HeldFile, Identity, OpenFailure, Opened, flock, retry_eintr};
 use crate::systemd;
 
 /// How often we open, lock and find the path replaced before giving up. Each
@@ -70,7 +70,7 @@ pub struct PidLock {
     /// reports the conflict at once. Reached only through this pointer, so
     /// the wait and takeover code is linked only into programs that ask for
     /// them (`on_conflict = "exit"` programs never call `on_conflict`).
-    resolve: Option<Resolve>,
+    handle_conflict: Option<HandleConflict>,
     log_level: LogLevel,
     notify_ready: bool,
 }
@@ -83,7 +83,7 @@ impl PidLock {
             path: path.into(),
             signals: Signals::Auto,
             on_conflict: OnConflict::Exit,
-            resolve: None,
+            handle_conflict: None,
             log_level: LogLevel::Info,
             notify_ready: false,
         }
@@ -94,12 +94,10 @@ impl PidLock {
     #[must_use]
     pub fn on_conflict(mut self, on_conflict: OnConflict) -> Self {
         self.on_conflict = on_conflict;
-        self.resolve = match on_conflict {
+        self.handle_conflict = match on_conflict {
             OnConflict::Exit => None,
             OnConflict::Wait { .. } | OnConflict::Takeover { .. } => {
-                Some(|resolver, file, identity, conflict| {
-                    resolver.resolve(file, identity, conflict)
-                })
+                Some(|handler, file, identity, conflict| handler.handle(file, identity, conflict))
             }
         };
         self
@@ -137,18 +135,6 @@ impl PidLock {
     pub fn signals(mut self, signals: Signals) -> Self {
         self.signals = signals;
         self
-    }
-
-    /// Turns off the INFO and WARNING lines of SPEC §6 (acquired, released,
-    /// stale, corrupted): `quiet(true)` is `log_level(LogLevel::Error)`.
-    /// Errors are returned, never printed, either way.
-    #[must_use]
-    pub fn quiet(self, quiet: bool) -> Self {
-        self.log_level(if quiet {
-            LogLevel::Error
-        } else {
-            LogLevel::Info
-        })
     }
 
     /// The least severe lines to print (default [`LogLevel::Info`]); the
@@ -193,7 +179,7 @@ impl PidLock {
             });
         }
         let log_level = self.log_level.effective();
-        let resolved = self.resolve()?;
+        let resolved = self.resolve_path()?;
         let path = resolved.path.clone();
         let (parent, name) = sys::split(&path)?;
         let dir = sys::open_dir(parent, &path)?;
@@ -209,8 +195,8 @@ impl PidLock {
             self.notify_held(&guard);
             return Ok(guard);
         }
-        let mut resolver = Resolver::new(self.on_conflict, &path, log_level);
-        let (locked, replaced) = lock_file(&dir, &name, &path, self.resolve, &mut resolver)?;
+        let mut handler = ConflictHandler::new(self.on_conflict, &path, log_level);
+        let (locked, replaced) = lock_file(&dir, &name, &path, self.handle_conflict, &mut handler)?;
         let previous = if locked.created {
             None
         } else {
@@ -243,7 +229,7 @@ impl PidLock {
 
     /// The absolute path, resolved once against the working directory (which
     /// is kept for reports when the path was relative).
-    fn resolve(&self) -> Result<Resolved> {
+    fn resolve_path(&self) -> Result<ResolvedPath> {
         let io = |source| Error::Io {
             path: self.path.clone(),
             action: "resolve the absolute path of",
@@ -255,7 +241,7 @@ impl PidLock {
         } else {
             None
         };
-        Ok(Resolved { path, resolved_in })
+        Ok(ResolvedPath { path, resolved_in })
     }
 
     /// Tells the service manager, if any, who holds the lock now.
@@ -282,9 +268,9 @@ fn lock_file(
     dir: &OwnedFd,
     name: &CStr,
     path: &Path,
-    resolve: Option<Resolve>,
-    resolver: &mut Resolver<'_>,
-) -> Result<(Locked, Option<Vec<Reader>>)> {
+    handle_conflict: Option<HandleConflict>,
+    handler: &mut ConflictHandler<'_>,
+) -> Result<(HeldFile, Option<Vec<Reader>>)> {
     let mut replaced = 0;
     let mut replaced_readers = None;
     while replaced < OPEN_ATTEMPTS {
@@ -313,11 +299,11 @@ fn lock_file(
             match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)) {
                 Ok(()) => file,
                 Err(Errno::EWOULDBLOCK) => match busy(file, &stat, path) {
-                    Busy::Locked(file) => file,
+                    Busy::Acquired(file) => file,
                     Busy::Pinned(pinned) => {
                         let readers = pinned.readers.clone();
                         match replace::replace(dir, name, path, pinned)? {
-                            Replaced::Locked(new) => {
+                            Replaced::New(new) => {
                                 stat = replace::stat_of(&new, path)?;
                                 created = true;
                                 replaced_readers = Some(readers);
@@ -330,11 +316,11 @@ fn lock_file(
                         }
                     }
                     Busy::Held(file, conflict) => {
-                        let Some(resolve) = resolve else {
+                        let Some(handle) = handle_conflict else {
                             return Err(conflict);
                         };
-                        match resolve(resolver, file, Identity::of(&stat), conflict)? {
-                            Next::Locked(file) => {
+                        match handle(handler, file, Identity::of(&stat), conflict)? {
+                            Next::Acquired(file) => {
                                 // A wait is not a replacement: each hand-over
                                 // may legitimately need one more round. The
                                 // resolver bounds how many it allows.
@@ -368,7 +354,7 @@ fn lock_file(
             nix::sys::stat::fchmod(&file, Mode::from_bits_truncate(sys::FILE_MODE))
                 .map_err(|errno| Error::io(path, "set the mode of", errno))?;
         }
-        let locked = Locked {
+        let locked = HeldFile {
             file,
             stat: now,
             created,
@@ -405,7 +391,7 @@ fn denied(dir: &OwnedFd, name: &CStr, path: &Path, stat: &FileStat) -> Error {
 }
 
 /// A file we did not create must be ours alone before we write to it
-/// (SPEC §10, "Other users and hostile files"): owned by the user we run
+/// (DESIGN.md, *Other users*): owned by the user we run
 /// as, and with no other name (a hard link planted at the path would make
 /// us overwrite the file it points to). A reused file's mode is set back to
 /// 0600, so nobody else can write the PID that tools will signal, nor
@@ -441,7 +427,7 @@ fn check_not_foreign(file: &OwnedFd, now: &FileStat, path: &Path, read_only: boo
 enum Busy {
     /// It was only busy for an instant (a holder on its way out): we hold
     /// it now.
-    Locked(OwnedFd),
+    Acquired(OwnedFd),
     /// Readers alone hold it: replace it (see [`crate::replace`]).
     Pinned(Pinned),
     /// Another holder (what [`OnConflict::Exit`] reports), or an error.
@@ -516,7 +502,7 @@ fn busy(file: OwnedFd, stat: &FileStat, path: &Path) -> Busy {
             }
         }
         match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)) {
-            Ok(()) => return Busy::Locked(file),
+            Ok(()) => return Busy::Acquired(file),
             Err(Errno::EWOULDBLOCK) => {}
             Err(errno) => return Busy::Held(file, Error::io(path, "lock", errno)),
         }

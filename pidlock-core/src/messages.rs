@@ -1,5 +1,4 @@
-//! Every message pidlock prints (SPEC §6), and where it goes (SPEC §10,
-//! "Messages and loggers").
+//! Every message pidlock prints, and where it goes (DESIGN.md, *Messages*).
 //!
 //! A message goes to exactly one place: the installed `tracing` subscriber
 //! (the `tracing` feature), else the installed `log` logger (the `log`

@@ -72,7 +72,7 @@ const TAKEOVER_SLACK: Duration = Duration::from_secs(5);
 const RECHECK_AFTER: Duration = Duration::from_millis(20);
 
 /// Carries a policy's progress across the retries of one acquisition.
-pub(crate) struct Resolver<'a> {
+pub(crate) struct ConflictHandler<'a> {
     policy: OnConflict,
     path: &'a Path,
     log_level: LogLevel,
@@ -98,18 +98,19 @@ struct Signalled {
     at: Instant,
 }
 
-/// [`Resolver::resolve`], as the lock loop holds it.
-pub(crate) type Resolve = fn(&mut Resolver<'_>, OwnedFd, Identity, Error) -> Result<Next>;
+/// [`ConflictHandler::handle`], as the lock loop holds it.
+pub(crate) type HandleConflict =
+    fn(&mut ConflictHandler<'_>, OwnedFd, Identity, Error) -> Result<Next>;
 
 /// What the lock loop does next.
 pub(crate) enum Next {
     /// We hold the lock on this descriptor; check it is still the path's file.
-    Locked(OwnedFd),
+    Acquired(OwnedFd),
     /// Open the file again and retry.
     Retry,
 }
 
-impl<'a> Resolver<'a> {
+impl<'a> ConflictHandler<'a> {
     pub(crate) fn new(policy: OnConflict, path: &'a Path, log_level: LogLevel) -> Self {
         Self {
             policy,
@@ -125,7 +126,7 @@ impl<'a> Resolver<'a> {
 
     /// Handles a busy lock on `file`; `conflict` is what [`OnConflict::Exit`]
     /// would report.
-    pub(crate) fn resolve(
+    pub(crate) fn handle(
         &mut self,
         file: OwnedFd,
         identity: Identity,
@@ -172,7 +173,7 @@ impl<'a> Resolver<'a> {
     }
 
     /// When the acquisition started, as an `Instant` for deadlines (fixed
-    /// by [`Resolver::resolve`] before anything asks).
+    /// by [`ConflictHandler::handle`] before anything asks).
     fn started(&self) -> Instant {
         self.started.unwrap_or_else(|| self.stopwatch.started_at())
     }
@@ -184,7 +185,7 @@ impl<'a> Resolver<'a> {
         let named = self.waiting_on.map(named);
         let named = named.as_ref().map(|named| named as waiting::StillNamed<'_>);
         match waiting::lock_exclusive(file, deadline, named) {
-            Ok(Waited::Locked(file)) => Ok(Next::Locked(file)),
+            Ok(Waited::Acquired(file)) => Ok(Next::Acquired(file)),
             Ok(Waited::Unnamed) => Ok(Next::Retry),
             // Waited up to the deadline: say so in the units the user gave
             // (`timeout = "500ms"` reads "after waiting 500ms", not the few

@@ -78,7 +78,7 @@ pub(crate) struct Pinned {
 /// What became of the attempt.
 pub(crate) enum Replaced {
     /// The path names a new file, locked on this descriptor.
-    Locked(OwnedFd),
+    New(OwnedFd),
     /// Something changed meanwhile: look again from the start.
     Retry,
 }
@@ -154,7 +154,7 @@ pub(crate) fn replace(dir: &OwnedFd, name: &CStr, path: &Path, pinned: Pinned) -
     // naming our file, which it cannot freeze.
     drop(turn);
     drop(pinned.frozen);
-    Ok(Replaced::Locked(new))
+    Ok(Replaced::New(new))
 }
 
 fn pinned_error(path: &Path, readers: Vec<Reader>) -> Error {
@@ -242,7 +242,7 @@ impl<'a> Turn<'a> {
                 return Ok(None);
             }
             let file = match waiting::lock_exclusive(file, Some(deadline), None) {
-                Ok(Waited::Locked(file)) => file,
+                Ok(Waited::Acquired(file)) => file,
                 Ok(Waited::TimedOut | Waited::Unnamed) => return Ok(None),
                 Err(errno) => return Err(Error::io(path, "lock the replacement lock of", errno)),
             };

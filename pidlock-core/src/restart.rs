@@ -1,5 +1,5 @@
 //! Re-executing the program without ever letting go of its locks, for a
-//! bot's `/restart` command (SPEC §4).
+//! bot's `/restart` command (DESIGN.md, *The lock protocol*).
 //!
 //! Exiting and starting again leaves a window in which another instance can
 //! take the lock. Instead, [`restart`] clears close-on-exec on each locked
@@ -29,7 +29,7 @@ use nix::sys::stat::fstatat;
 use crate::messages;
 use crate::pid::Pid;
 use crate::signal_context::{self, Sharers};
-use crate::sys::{Identity, Locked, decimal, flock, identity_of_raw, unsafe_kind};
+use crate::sys::{HeldFile, Identity, decimal, flock, identity_of_raw, unsafe_kind};
 use crate::systemd;
 
 /// The environment variable that carries the hand-over.
@@ -287,7 +287,7 @@ static TAKE_HANDOVER_AT_START: extern "C" fn() = take_handover_at_start;
 /// The lock on `name` in `dir` handed over by [`restart`], if there is one
 /// for this process and it checks out, with its sharers pipe; else `None`,
 /// and the caller acquires normally.
-pub(crate) fn adopt(dir: BorrowedFd<'_>, name: &CStr) -> Option<(Locked, Sharers)> {
+pub(crate) fn adopt(dir: BorrowedFd<'_>, name: &CStr) -> Option<(HeldFile, Sharers)> {
     // Keeps the constructor in every program that can adopt: the linker
     // keeps what is referenced.
     let _ = std::hint::black_box(&TAKE_HANDOVER_AT_START);
@@ -321,7 +321,7 @@ pub(crate) fn adopt(dir: BorrowedFd<'_>, name: &CStr) -> Option<(Locked, Sharers
         .sharers
         .map_or_else(Sharers::none, |(read, write)| Sharers::adopted(read, write));
     Some((
-        Locked {
+        HeldFile {
             file,
             stat,
             created: false,

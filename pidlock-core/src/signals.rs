@@ -1,4 +1,4 @@
-//! What happens on SIGTERM, SIGINT, SIGHUP, SIGQUIT and SIGABRT (SPEC §5).
+//! What happens on SIGTERM, SIGINT, SIGHUP, SIGQUIT and SIGABRT (DESIGN.md, *Exit paths*).
 //!
 //! With [`Signals::Auto`], pidlock installs a handler for each of these
 //! signals whose disposition is still the default when the lock is first

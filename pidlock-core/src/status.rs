@@ -21,7 +21,7 @@ use crate::sys::{self, Identity, LockKey, retry_eintr};
 /// let path = dir.path().join("job.pid");
 /// assert_eq!(pidlock_core::status(&path)?, Status::NotRunning);
 ///
-/// let guard = PidLock::new(&path).signals(Signals::None).quiet(true).acquire()?;
+/// let guard = PidLock::new(&path).signals(Signals::None).log_level(pidlock_core::LogLevel::Error).acquire()?;
 /// let Status::Running(holder) = pidlock_core::status(&path)? else { panic!("not running") };
 /// assert_eq!(holder.pid(), Some(guard.pid()));
 /// # Ok::<(), Box<dyn std::error::Error>>(())

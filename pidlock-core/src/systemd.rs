@@ -1,4 +1,4 @@
-//! Telling a supervisor what the lock is doing (SPEC §9): the `sd_notify`
+//! Telling a supervisor what the lock is doing (DESIGN.md, *CLI and supervisors*): the `sd_notify`
 //! protocol and journald priorities.
 //!
 //! Under systemd (or a container runtime that speaks its protocol) the

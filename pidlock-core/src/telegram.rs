@@ -463,7 +463,7 @@ mod tests {
         let quiet = |path: &PathBuf| {
             crate::PidLock::new(path)
                 .signals(crate::Signals::None)
-                .quiet(true)
+                .log_level(crate::LogLevel::Error)
                 .acquire()
                 .unwrap()
         };

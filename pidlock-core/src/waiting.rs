@@ -59,7 +59,7 @@ use crate::sys::{flock, retry_eintr};
 pub(crate) enum Waited {
     /// We hold the lock on this descriptor (which may since have been
     /// unlinked: the caller re-checks the path).
-    Locked(OwnedFd),
+    Acquired(OwnedFd),
     /// The deadline passed first.
     TimedOut,
     /// The file no longer is the one its path names (the check the caller
@@ -95,7 +95,7 @@ fn lock(
 ) -> nix::Result<Waited> {
     if deadline.is_none() && named.is_some() {
         match notified::lock_until(file.as_fd(), operation, None, notified::MAX_SLEEP, named)? {
-            notified::Outcome::Locked => return Ok(Waited::Locked(file)),
+            notified::Outcome::Acquired => return Ok(Waited::Acquired(file)),
             notified::Outcome::Unnamed => return Ok(Waited::Unnamed),
             // No deadline: not reached.
             notified::Outcome::TimedOut | notified::Outcome::Unavailable => {}
@@ -103,12 +103,12 @@ fn lock(
     }
     let Some(deadline) = deadline else {
         retry_eintr(|| flock(file.as_fd(), operation))?;
-        return Ok(Waited::Locked(file));
+        return Ok(Waited::Acquired(file));
     };
     // Free already, or no time to wait: answer at once, with no watch and
     // no thread (observers asking "is it free?" with a zero timeout).
     match retry_eintr(|| flock(file.as_fd(), operation | nix::libc::LOCK_NB)) {
-        Ok(()) => return Ok(Waited::Locked(file)),
+        Ok(()) => return Ok(Waited::Acquired(file)),
         Err(nix::errno::Errno::EWOULDBLOCK) if Instant::now() >= deadline => {
             return Ok(Waited::TimedOut);
         }
@@ -122,7 +122,7 @@ fn lock(
         notified::MAX_SLEEP,
         named,
     )? {
-        notified::Outcome::Locked => return Ok(Waited::Locked(file)),
+        notified::Outcome::Acquired => return Ok(Waited::Acquired(file)),
         notified::Outcome::TimedOut => return Ok(Waited::TimedOut),
         notified::Outcome::Unnamed => return Ok(Waited::Unnamed),
         notified::Outcome::Unavailable => {}
@@ -151,7 +151,7 @@ mod notified {
     const AFTER_EVENT: Duration = Duration::from_micros(200);
 
     pub(super) enum Outcome {
-        Locked,
+        Acquired,
         TimedOut,
         /// The caller's check says the file lost its name.
         Unnamed,
@@ -177,7 +177,7 @@ mod notified {
         let mut sleep = max_sleep;
         loop {
             match flock(file, operation | LOCK_NB) {
-                Ok(()) => return Ok(Outcome::Locked),
+                Ok(()) => return Ok(Outcome::Acquired),
                 Err(Errno::EWOULDBLOCK | Errno::EINTR) => {}
                 Err(errno) => return Err(errno),
             }
@@ -271,7 +271,7 @@ mod helper {
                 .wait_timeout_while(state, timeout, |state| state.answer.is_none())
                 .unwrap_or_else(PoisonError::into_inner);
             match state.answer.take() {
-                Some(locked) => locked.map(Waited::Locked),
+                Some(locked) => locked.map(Waited::Acquired),
                 None => {
                     state.abandoned = true;
                     Ok(Waited::TimedOut)
@@ -348,7 +348,7 @@ mod tests {
     }
 
     fn locked(waited: nix::Result<Waited>) -> bool {
-        matches!(waited, Ok(Waited::Locked(_)))
+        matches!(waited, Ok(Waited::Acquired(_)))
     }
 
     /// Runs `wait` while another thread lets go of `holder` after ~100 ms
@@ -400,7 +400,7 @@ mod tests {
                     Duration::from_secs(3600),
                     None
                 ),
-                Ok(notified::Outcome::Locked)
+                Ok(notified::Outcome::Acquired)
             ),
         }
     }

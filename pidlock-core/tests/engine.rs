@@ -1,4 +1,4 @@
-//! The lock engine without the macro: the seed's unit tests, against a real
+//! The lock engine without the macro, against a real
 //! file and a real kernel lock.
 
 use std::fs::{self, File};
@@ -11,7 +11,9 @@ use nix::fcntl::{Flock, FlockArg};
 use pidlock_core::{Error, FileKind, Holder, OnConflict, Pid, PidLock, Signals, Status};
 
 fn lock(path: &Path) -> PidLock {
-    PidLock::new(path).signals(Signals::None).quiet(true)
+    PidLock::new(path)
+        .signals(Signals::None)
+        .log_level(pidlock_core::LogLevel::Error)
 }
 
 /// Holds the lock on `path` the way another instance would: a separate open

@@ -18,7 +18,7 @@ fn record(level: &str, target: &str, text: String) {
 
 #[cfg(feature = "log")]
 mod with_log {
-    pub struct Collect;
+    pub(crate) struct Collect;
 
     impl log::Log for Collect {
         fn enabled(&self, _: &log::Metadata<'_>) -> bool {
@@ -34,7 +34,7 @@ mod with_log {
         fn flush(&self) {}
     }
 
-    pub fn install() {
+    pub(crate) fn install() {
         log::set_logger(&Collect).unwrap();
         log::set_max_level(log::LevelFilter::Trace);
     }
@@ -46,7 +46,7 @@ mod with_tracing {
     use tracing::span::{Attributes, Id, Record};
     use tracing::{Event, Metadata, Subscriber};
 
-    pub struct Collect;
+    pub(crate) struct Collect;
 
     struct Message(String);
 
@@ -77,7 +77,7 @@ mod with_tracing {
         fn exit(&self, _: &Id) {}
     }
 
-    pub fn install() {
+    pub(crate) fn install() {
         tracing::subscriber::set_global_default(Collect).unwrap();
     }
 }
@@ -112,7 +112,7 @@ fn messages_become_records_with_target_pidlock() {
         format!("INFO PID file lock released: {}", path.display()),
     ];
     // Each line once, to one place: the subscriber when `tracing` has one,
-    // else the logger; never both, never stderr as well (SPEC §10).
+    // else the logger; never both, never stderr as well (DESIGN.md, *Messages*).
     let records = RECORDS.lock().unwrap().clone();
     assert_eq!(records, expected, "{records:#?}");
 }

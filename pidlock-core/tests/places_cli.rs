@@ -1,6 +1,6 @@
 //! The `pidlock` command run inside a container (a new PID namespace with
-//! its own `/proc`) on a lock held on the host (SPEC §10, "PID
-//! namespaces"): the holder is invisible from there, so it is reported as
+//! its own `/proc`) on a lock held on the host (DESIGN.md, *PID
+//! namespaces*): the holder is invisible from there, so it is reported as
 //! running with its PID unverified, never as dead, and never signalled.
 //!
 //! Needs root for `unshare`; skipped, with a note, otherwise.

@@ -23,7 +23,7 @@ use crate::config::{self, FinalConfig, LogLevel, Policy, SignalsMode};
 /// The attribute's whole effect: `args` and `item` in, tokens out. Never
 /// panics; every mistake becomes `compile_error!` followed by the unchanged
 /// item, so the user sees that one error and nothing else.
-pub fn single_instance(args: TokenStream, item: TokenStream) -> TokenStream {
+pub(crate) fn single_instance(args: TokenStream, item: TokenStream) -> TokenStream {
     let config = config::parse(args.clone());
     let main = match syn::parse2::<MainFn>(item.clone()) {
         Ok(main) => main,

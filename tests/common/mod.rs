@@ -13,15 +13,15 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// Long enough for a loaded CI machine, short enough to fail a hung test.
-pub const DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
 
 /// The fixture binary with the attribute (tests/fixtures/holder.rs).
-pub fn holder(dir: &Path) -> Command {
+pub(crate) fn holder(dir: &Path) -> Command {
     program(Path::new(env!("CARGO_BIN_EXE_fixture-holder")), dir)
 }
 
 /// A program built from examples/ (Cargo builds examples for `cargo test`).
-pub fn example(name: &str, dir: &Path) -> Command {
+pub(crate) fn example(name: &str, dir: &Path) -> Command {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
     let profile_dir = exe
@@ -44,13 +44,13 @@ fn program(exe: &Path, dir: &Path) -> Command {
 
 /// A PID file in a fresh scratch directory, and programs pointed at it
 /// (through `PIDLOCK_TEST_PID_FILE`, which the fixtures read).
-pub struct Case {
+pub(crate) struct Case {
     pub dir: tempfile::TempDir,
     pub pid_file: PathBuf,
 }
 
 impl Case {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().expect("scratch directory");
         let pid_file = dir.path().join("app.pid");
         Self { dir, pid_file }
@@ -59,7 +59,7 @@ impl Case {
     /// `exe` with `args`, in the scratch directory, locking `pid_file`, with
     /// none of the variables that change what pidlock prints or tells a
     /// supervisor.
-    pub fn command(&self, exe: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, exe: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
         let mut command = Command::new(exe);
         command
             .args(args)
@@ -76,28 +76,28 @@ impl Case {
     }
 
     /// The attribute fixture (tests/fixtures/holder.rs) in mode `args[0]`.
-    pub fn holder(&self, args: &[&str]) -> Command {
+    pub(crate) fn holder(&self, args: &[&str]) -> Command {
         self.command(env!("CARGO_BIN_EXE_fixture-holder"), args)
     }
 }
 
 /// A started child whose first stdout line has arrived (it holds the lock).
-pub struct Running {
+pub(crate) struct Running {
     pub child: Child,
     pub first_line: String,
 }
 
 impl Running {
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         kill(Pid::from_raw(self.child.id() as i32), signal).expect("kill");
     }
 
     /// Waits for the exit; returns the status and everything on stderr.
-    pub fn finish(mut self) -> (ExitStatus, String) {
+    pub(crate) fn finish(mut self) -> (ExitStatus, String) {
         let status = wait(&mut self.child);
         let mut stderr = String::new();
         if let Some(mut pipe) = self.child.stderr.take() {
@@ -139,7 +139,7 @@ fn default_signals(command: &mut Command) {
 }
 
 /// Starts `command` and waits for its first line on stdout.
-pub fn start(mut command: Command) -> Running {
+pub(crate) fn start(mut command: Command) -> Running {
     default_signals(&mut command);
     let mut child = command.spawn().expect("spawn");
     let stdout = child.stdout.take().expect("stdout piped");
@@ -165,7 +165,7 @@ pub fn start(mut command: Command) -> Running {
 }
 
 /// Runs `command` to completion with a deadline: status and stderr.
-pub fn run(mut command: Command) -> (ExitStatus, String) {
+pub(crate) fn run(mut command: Command) -> (ExitStatus, String) {
     default_signals(&mut command);
     let mut child = command.stdout(Stdio::null()).spawn().expect("spawn");
     let mut stderr = child.stderr.take().expect("stderr piped");
@@ -181,7 +181,7 @@ pub fn run(mut command: Command) -> (ExitStatus, String) {
 }
 
 /// Waits for `child` with a deadline, killing it if the deadline passes.
-pub fn wait(child: &mut Child) -> ExitStatus {
+pub(crate) fn wait(child: &mut Child) -> ExitStatus {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -195,35 +195,35 @@ pub fn wait(child: &mut Child) -> ExitStatus {
     }
 }
 
-pub fn killed_by(status: ExitStatus, signal: Signal) -> bool {
+pub(crate) fn killed_by(status: ExitStatus, signal: Signal) -> bool {
     status.signal() == Some(signal as i32)
 }
 
 /// A PID that is certainly not running: a child that has been reaped.
-pub fn dead_pid() -> u32 {
+pub(crate) fn dead_pid() -> u32 {
     let mut child = Command::new("true").spawn().expect("spawn true");
     let pid = child.id();
     child.wait().expect("wait true");
     pid
 }
 
-pub fn read(path: &Path) -> String {
+pub(crate) fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-pub fn data_file(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn data_file(dir: &Path, name: &str) -> PathBuf {
     dir.join("data").join(name)
 }
 
 /// The monotonic clock every process of the machine shares, in nanoseconds.
-pub fn monotonic_ns() -> i128 {
+pub(crate) fn monotonic_ns() -> i128 {
     let now =
         nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
     i128::from(now.tv_sec()) * 1_000_000_000 + i128::from(now.tv_nsec())
 }
 
 /// The two lines a release prints for `pid_file` (an absolute path).
-pub fn release_lines(pid_file: &Path) -> String {
+pub(crate) fn release_lines(pid_file: &Path) -> String {
     format!(
         "INFO - Releasing PID lock...\nINFO - PID file lock released: {}\n",
         pid_file.display()
@@ -233,7 +233,7 @@ pub fn release_lines(pid_file: &Path) -> String {
 /// Reads the holding intervals the fixtures log (`<pid> <start> <end>` on
 /// the shared monotonic clock, modes "race" and "span"), and asserts there
 /// are `expected` of them and that no two overlap.
-pub fn assert_held_one_at_a_time(log: &Path, expected: usize) {
+pub(crate) fn assert_held_one_at_a_time(log: &Path, expected: usize) {
     let mut held: Vec<(i128, i128, u32)> = read(log)
         .lines()
         .map(|line| {
@@ -255,7 +255,7 @@ pub fn assert_held_one_at_a_time(log: &Path, expected: usize) {
 }
 
 /// A user that only exists inside a [`PrivateMounts`] namespace.
-pub const TEST_USER: u32 = 4242;
+pub(crate) const TEST_USER: u32 = 4242;
 
 /// A mount namespace of the test's own (`unshare --mount`), with an empty
 /// `/run` and an `/etc/passwd` that adds [`TEST_USER`] with a home directory
@@ -263,13 +263,13 @@ pub const TEST_USER: u32 = 4242;
 /// user's home) without touching the machine's, so two runs of the suite
 /// never meet. Needs root; `None` (the test then skips, except under
 /// `CI=true`) without it.
-pub struct PrivateMounts {
+pub(crate) struct PrivateMounts {
     holder: Child,
     dir: tempfile::TempDir,
 }
 
 impl PrivateMounts {
-    pub fn new() -> Option<Self> {
+    pub(crate) fn new() -> Option<Self> {
         if !nix::unistd::geteuid().is_root() {
             assert!(
                 std::env::var("CI").as_deref() != Ok("true"),
@@ -313,7 +313,7 @@ impl PrivateMounts {
     }
 
     /// `exe args`, in the namespace, as `uid` (root when `None`).
-    pub fn command(&self, uid: Option<u32>, exe: &str, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, uid: Option<u32>, exe: &str, args: &[&str]) -> Command {
         let mut command = Command::new("nsenter");
         command.arg(format!("--mount=/proc/{}/ns/mnt", self.holder.id()));
         if let Some(uid) = uid {
@@ -339,12 +339,12 @@ impl PrivateMounts {
     }
 
     /// [`TEST_USER`]'s home directory.
-    pub fn home(&self) -> PathBuf {
+    pub(crate) fn home(&self) -> PathBuf {
         self.dir.path().join("home")
     }
 
     /// Whether `path` exists, seen from inside the namespace.
-    pub fn exists(&self, path: &Path) -> bool {
+    pub(crate) fn exists(&self, path: &Path) -> bool {
         self.command(None, "test", &["-e", &path.display().to_string()])
             .status()
             .expect("run test -e")
@@ -352,7 +352,7 @@ impl PrivateMounts {
     }
 
     /// `path`'s contents, seen from inside the namespace.
-    pub fn read(&self, path: &Path) -> String {
+    pub(crate) fn read(&self, path: &Path) -> String {
         let output = self
             .command(None, "cat", &[&path.display().to_string()])
             .output()
@@ -377,13 +377,13 @@ impl Drop for PrivateMounts {
 /// advance, a loaded machine that is slow to start them all cannot make one
 /// start late. (The wait cannot sit between fork and exec: `spawn` returns
 /// only once the child has exec'd.)
-pub struct StartingGate {
+pub(crate) struct StartingGate {
     read: std::os::fd::OwnedFd,
     write: Option<std::os::fd::OwnedFd>,
 }
 
 impl StartingGate {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2");
         Self {
             read,
@@ -393,7 +393,7 @@ impl StartingGate {
 
     /// `program args`, started when the gate opens; the rest of the
     /// command (directory, environment, stdio) is set on what this returns.
-    pub fn command(&self, program: &Path, args: &[&std::ffi::OsStr]) -> Command {
+    pub(crate) fn command(&self, program: &Path, args: &[&std::ffi::OsStr]) -> Command {
         use std::os::fd::AsRawFd;
         let mut command = Command::new("sh");
         command
@@ -421,7 +421,7 @@ impl StartingGate {
     }
 
     /// Lets every waiting command go.
-    pub fn open(mut self) {
+    pub(crate) fn open(mut self) {
         drop(self.write.take());
     }
 }

@@ -7,7 +7,7 @@ use std::process::Command;
 use super::run;
 
 /// The `openssl` CLI, or `None` (and a message) outside CI.
-pub fn openssl_cli() -> Option<()> {
+pub(crate) fn openssl_cli() -> Option<()> {
     super::require(
         "the openssl CLI",
         Command::new("openssl")
@@ -20,7 +20,7 @@ pub fn openssl_cli() -> Option<()> {
 
 /// A CA, a server certificate it signed (for `localhost` and `127.0.0.1`),
 /// and an unrelated CA.
-pub struct Certs {
+pub(crate) struct Certs {
     pub ca: PathBuf,
     pub other_ca: PathBuf,
     pub server_cert: PathBuf,
@@ -32,7 +32,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 impl Certs {
-    pub fn make(dir: &Path) -> Self {
+    pub(crate) fn make(dir: &Path) -> Self {
         let ec = [
             "-newkey",
             "ec",

@@ -7,12 +7,12 @@
 //! under `CI=true`, where a missing one fails them.
 #![allow(dead_code)] // each test file uses a different subset
 
-pub mod certs;
-pub mod netns;
+pub(crate) mod certs;
+pub(crate) mod netns;
 #[cfg(feature = "postgres")]
-pub mod postgres;
+pub(crate) mod postgres;
 #[cfg(feature = "redis")]
-pub mod redis;
+pub(crate) mod redis;
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -24,14 +24,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 /// Long enough for a loaded CI machine, short enough to fail a hung test.
-pub const DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
 
-pub fn in_ci() -> bool {
+pub(crate) fn in_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
 }
 
 /// `None` (and a message) when `what` is missing outside CI; a panic in CI.
-pub fn require<T>(what: &str, found: Option<T>) -> Option<T> {
+pub(crate) fn require<T>(what: &str, found: Option<T>) -> Option<T> {
     if found.is_none() {
         assert!(!in_ci(), "CI=true and {what} is missing");
         eprintln!("skipped: {what} is missing");
@@ -39,12 +39,12 @@ pub fn require<T>(what: &str, found: Option<T>) -> Option<T> {
     found
 }
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
 /// Runs a command to completion; panics with its output if it fails.
-pub fn run(command: &mut Command) -> String {
+pub(crate) fn run(command: &mut Command) -> String {
     let output = command
         .stdin(Stdio::null())
         .output()
@@ -59,7 +59,7 @@ pub fn run(command: &mut Command) -> String {
 }
 
 /// A port nobody listens on right now, on 127.0.0.1.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
@@ -67,13 +67,13 @@ pub fn free_port() -> u16 {
 }
 
 /// The monotonic clock the fixtures print, in nanoseconds.
-pub fn now_ns() -> i128 {
+pub(crate) fn now_ns() -> i128 {
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
     i128::from(now.tv_sec()) * 1_000_000_000 + i128::from(now.tv_nsec())
 }
 
 /// A key no other test (or earlier run) uses.
-pub fn unique_key(test: &str) -> String {
+pub(crate) fn unique_key(test: &str) -> String {
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
     format!(
         "pidlock-test-{test}-{}-{}{:09}",
@@ -84,7 +84,7 @@ pub fn unique_key(test: &str) -> String {
 }
 
 /// A started fixture whose stdout lines arrive on a channel.
-pub struct Process {
+pub(crate) struct Process {
     pub child: Child,
     lines: mpsc::Receiver<String>,
     stderr: mpsc::Receiver<String>,
@@ -93,7 +93,7 @@ pub struct Process {
 }
 
 impl Process {
-    pub fn start(mut command: Command) -> Self {
+    pub(crate) fn start(mut command: Command) -> Self {
         default_signals(&mut command);
         let mut child = command
             .stdin(Stdio::null())
@@ -122,11 +122,11 @@ impl Process {
 
     /// The next stdout line, e.g. `held term=3 at=123`; `None` at the deadline
     /// or when the process ended.
-    pub fn try_line(&self, within: Duration) -> Option<String> {
+    pub(crate) fn try_line(&self, within: Duration) -> Option<String> {
         self.lines.recv_timeout(within).ok()
     }
 
-    pub fn line(&self, within: Duration) -> String {
+    pub(crate) fn line(&self, within: Duration) -> String {
         self.try_line(within).unwrap_or_else(|| {
             panic!(
                 "no line within {within:?}; stderr: {}",
@@ -136,7 +136,7 @@ impl Process {
     }
 
     /// The next stdout line that starts with `prefix`.
-    pub fn line_starting(&self, prefix: &str, within: Duration) -> String {
+    pub(crate) fn line_starting(&self, prefix: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -149,7 +149,7 @@ impl Process {
 
     /// Waits for a stderr line containing `needle` (e.g. the standby's
     /// "Waiting for the Redis lock"); the lines before it are kept.
-    pub fn stderr_line(&self, needle: &str, within: Duration) -> String {
+    pub(crate) fn stderr_line(&self, needle: &str, within: Duration) -> String {
         let deadline = Instant::now() + within;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -165,16 +165,16 @@ impl Process {
         }
     }
 
-    pub fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         i32::try_from(self.child.id()).expect("a PID")
     }
 
-    pub fn signal(&self, signal: Signal) {
+    pub(crate) fn signal(&self, signal: Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("kill");
     }
 
     /// Everything on stderr so far.
-    pub fn stderr_so_far(&self) -> String {
+    pub(crate) fn stderr_so_far(&self) -> String {
         let mut text = self.kept.borrow().clone();
         while let Ok(line) = self.stderr.try_recv() {
             let _ = writeln!(text, "{line}");
@@ -183,7 +183,7 @@ impl Process {
     }
 
     /// Waits for the exit.
-    pub fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -195,7 +195,7 @@ impl Process {
     }
 
     /// Stderr after the exit (all of it).
-    pub fn stderr_all(&self) -> String {
+    pub(crate) fn stderr_all(&self) -> String {
         let mut text = self.kept.borrow().clone();
         while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(2)) {
             let _ = writeln!(text, "{line}");
@@ -211,18 +211,18 @@ impl Drop for Process {
     }
 }
 
-pub fn field(line: &str, name: &str) -> i128 {
+pub(crate) fn field(line: &str, name: &str) -> i128 {
     line.split_whitespace()
         .find_map(|word| word.strip_prefix(&format!("{name}=")))
         .and_then(|value| value.parse().ok())
         .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
 }
 
-pub fn ms(ns: i128) -> f64 {
+pub(crate) fn ms(ns: i128) -> f64 {
     ns as f64 / 1e6
 }
 
-pub fn killed_by(status: ExitStatus, signal: Signal) -> bool {
+pub(crate) fn killed_by(status: ExitStatus, signal: Signal) -> bool {
     status.signal() == Some(signal as i32)
 }
 
@@ -249,7 +249,7 @@ fn default_signals(command: &mut Command) {
 
 /// The fixture that holds a `PgLock` or a `RedisLock`, by the URL's scheme
 /// (tests/fixtures/remote_engine.rs).
-pub fn engine(url: &str, key: &str) -> Command {
+pub(crate) fn engine(url: &str, key: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fixture-remote-engine"));
     command
         .env("PIDLOCK_TEST_URL", url)
@@ -259,7 +259,7 @@ pub fn engine(url: &str, key: &str) -> Command {
 }
 
 /// The attribute with `url` and `key` (tests/fixtures/remote_attribute.rs).
-pub fn attribute(url: &str, key: &str) -> Command {
+pub(crate) fn attribute(url: &str, key: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_fixture-remote-attribute"));
     command
         .env("PIDLOCK_TEST_URL", url)
@@ -272,7 +272,7 @@ pub fn attribute(url: &str, key: &str) -> Command {
 /// Short lease settings (lease 2 s, heartbeat 0.5 s, grace 1 s), with the
 /// server's limit `server_limit` (PostgreSQL's server timeout, Redis's TTL;
 /// lease + grace must stay below it).
-pub fn short_lease(command: &mut Command, server_limit: Duration) -> &mut Command {
+pub(crate) fn short_lease(command: &mut Command, server_limit: Duration) -> &mut Command {
     command
         .env("PIDLOCK_TEST_LEASE_MS", "2000")
         .env("PIDLOCK_TEST_HEARTBEAT_MS", "500")

@@ -10,11 +10,11 @@ use super::{is_root, require, run};
 
 /// The server's side of the veth pair, and the holder's. Link-local
 /// addresses: they exist only inside the two namespaces made here.
-pub const SERVER_ADDR: &str = "169.254.13.1";
-pub const HOLDER_ADDR: &str = "169.254.13.2";
+pub(crate) const SERVER_ADDR: &str = "169.254.13.1";
+pub(crate) const HOLDER_ADDR: &str = "169.254.13.2";
 
 /// Two namespaces joined by a veth pair; deleted when dropped.
-pub struct Wire {
+pub(crate) struct Wire {
     pub holder_ns: String,
     pub server_ns: String,
     holder_if: String,
@@ -24,7 +24,7 @@ pub struct Wire {
 impl Wire {
     /// `tag` (one letter) tells apart the wires of tests running at once
     /// in one process; the PID, those of two runs of the suite.
-    pub fn make(tag: char) -> Self {
+    pub(crate) fn make(tag: char) -> Self {
         let id = std::process::id() % 100_000;
         let wire = Self {
             holder_ns: format!("pidlock-{tag}h{id}"),
@@ -80,7 +80,7 @@ impl Wire {
     /// With nftables rather than `tc netem loss 100%`: kernels built without
     /// netem (as this project's machines are) have nf_tables, and a drop
     /// rule is just as silent.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         for (ns, interface) in self.ends() {
             let rules = format!(
                 "table inet pidlock_cut {{\n\
@@ -102,7 +102,7 @@ impl Wire {
         }
     }
 
-    pub fn heal(&self) {
+    pub(crate) fn heal(&self) {
         for (ns, _) in self.ends() {
             run(Command::new("ip").args([
                 "netns",
@@ -118,7 +118,7 @@ impl Wire {
     }
 
     /// `command` run inside namespace `ns`.
-    pub fn inside(ns: &str, command: &Command) -> Command {
+    pub(crate) fn inside(ns: &str, command: &Command) -> Command {
         let mut wrapped = Command::new("ip");
         wrapped
             .args(["netns", "exec", ns])
@@ -143,7 +143,7 @@ impl Drop for Wire {
     }
 }
 
-pub fn tools() -> Option<()> {
+pub(crate) fn tools() -> Option<()> {
     let found = |program: &str| Command::new(program).arg("-V").output().is_ok();
     require("root (for network namespaces)", is_root().then_some(()))?;
     require("ip (iproute2)", found("ip").then_some(()))?;

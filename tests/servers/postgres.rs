@@ -16,7 +16,7 @@ use super::{free_port, is_root, require, run};
 /// The machine's server for the tests that need no server of their own:
 /// `PIDLOCK_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`.
 /// `None` (and a message) without one, outside CI.
-pub fn machine_url() -> Option<String> {
+pub(crate) fn machine_url() -> Option<String> {
     let url = std::env::var("PIDLOCK_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     match postgres::Client::connect(&url, postgres::NoTls) {
@@ -34,7 +34,7 @@ pub fn machine_url() -> Option<String> {
 
 /// The newest installed PostgreSQL's binaries (Debian's layout), or
 /// `PIDLOCK_TEST_PG_BIN`.
-pub fn pg_bin() -> Option<PathBuf> {
+pub(crate) fn pg_bin() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("PIDLOCK_TEST_PG_BIN") {
         return Some(PathBuf::from(dir));
     }
@@ -53,7 +53,7 @@ pub fn pg_bin() -> Option<PathBuf> {
 
 /// `command` as the user PostgreSQL and PgBouncer accept: `postgres` when we
 /// are root, ourselves otherwise.
-pub fn as_server_user(program: &Path) -> Command {
+pub(crate) fn as_server_user(program: &Path) -> Command {
     if is_root() {
         let mut command = Command::new("setpriv");
         command
@@ -66,7 +66,7 @@ pub fn as_server_user(program: &Path) -> Command {
 }
 
 /// Gives `path` to the server user (as root; otherwise it is ours already).
-pub fn chown_to_server_user(path: &Path) {
+pub(crate) fn chown_to_server_user(path: &Path) {
     if !is_root() {
         return;
     }
@@ -78,7 +78,7 @@ pub fn chown_to_server_user(path: &Path) {
 
 /// How to set up a server.
 #[derive(Default)]
-pub struct Setup {
+pub(crate) struct Setup {
     /// Lines for `postgresql.conf`.
     pub conf: String,
     /// The whole `pg_hba.conf` (default: trust everyone, TLS or not).
@@ -90,7 +90,7 @@ pub struct Setup {
 }
 
 /// A running server of the test's own.
-pub struct PgServer {
+pub(crate) struct PgServer {
     pub dir: tempfile::TempDir,
     pub port: u16,
     bin: PathBuf,
@@ -99,7 +99,7 @@ pub struct PgServer {
 
 impl PgServer {
     /// Starts one, or `None` (outside CI) without the binaries.
-    pub fn start(setup: Setup) -> Option<Self> {
+    pub(crate) fn start(setup: Setup) -> Option<Self> {
         let bin = require("PostgreSQL's initdb (/usr/lib/postgresql/*/bin)", pg_bin())?;
         let dir = tempfile::Builder::new()
             .prefix("pidlock-pg-")
@@ -146,12 +146,12 @@ impl PgServer {
         Some(server)
     }
 
-    pub fn data(&self) -> PathBuf {
+    pub(crate) fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
     /// `pg_ctl` on this server (in its namespace, as the server user).
-    pub fn pg_ctl(&self, args: &[&str]) -> String {
+    pub(crate) fn pg_ctl(&self, args: &[&str]) -> String {
         let pg_ctl = self.bin.join("pg_ctl");
         let mut command = match &self.netns {
             Some(netns) => {
@@ -180,16 +180,16 @@ impl PgServer {
     }
 
     /// A URL over TCP to `host` (an address the server listens on).
-    pub fn url_at(&self, host: &str) -> String {
+    pub(crate) fn url_at(&self, host: &str) -> String {
         format!("postgres://postgres@{host}:{}/postgres", self.port)
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         self.url_at("127.0.0.1")
     }
 
     /// A URL through the Unix socket: reachable from any network namespace.
-    pub fn socket_url(&self) -> String {
+    pub(crate) fn socket_url(&self) -> String {
         format!(
             "host={} port={} user=postgres dbname=postgres sslmode=disable",
             self.dir.path().display(),
@@ -198,12 +198,12 @@ impl PgServer {
     }
 
     /// An administrator's connection (Unix socket, no TLS).
-    pub fn admin(&self) -> postgres::Client {
+    pub(crate) fn admin(&self) -> postgres::Client {
         postgres::Client::connect(&self.socket_url(), postgres::NoTls).expect("admin connection")
     }
 
     /// The server's log so far, for failure messages.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 }
@@ -239,7 +239,7 @@ impl Drop for PgServer {
     }
 }
 
-pub fn append(path: &Path, text: &str) {
+pub(crate) fn append(path: &Path, text: &str) {
     use std::io::Write;
     std::fs::OpenOptions::new()
         .append(true)
@@ -249,7 +249,7 @@ pub fn append(path: &Path, text: &str) {
 }
 
 /// The advisory key of `key` as `pg_locks` shows it.
-pub fn holder_backend(admin: &mut postgres::Client, key: &str) -> Option<i32> {
+pub(crate) fn holder_backend(admin: &mut postgres::Client, key: &str) -> Option<i32> {
     let id = pidlock_core::PgLock::lock_id(key);
     admin
         .query_opt(

@@ -14,7 +14,7 @@ use super::certs::Certs;
 use super::{DEADLINE, free_port, require};
 
 /// The machine's server, or `None` (and a message) outside CI.
-pub fn machine_url() -> Option<String> {
+pub(crate) fn machine_url() -> Option<String> {
     let url = std::env::var("PIDLOCK_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379/13".to_owned());
     let reached = redis::Client::open(url.as_str())
@@ -31,14 +31,14 @@ pub fn machine_url() -> Option<String> {
 }
 
 /// An administrator's connection to `url` (plaintext).
-pub fn admin(url: &str) -> redis::Connection {
+pub(crate) fn admin(url: &str) -> redis::Connection {
     redis::Client::open(url)
         .and_then(|client| client.get_connection_with_timeout(DEADLINE))
         .unwrap_or_else(|error| panic!("admin connection to {url}: {error}"))
 }
 
 /// The lock key of `key`, as the engine names it.
-pub fn lock_key(key: &str) -> String {
+pub(crate) fn lock_key(key: &str) -> String {
     format!("pidlock:{{{key}}}")
 }
 
@@ -52,7 +52,7 @@ fn server_binary() -> Option<PathBuf> {
 
 /// How to start a server.
 #[derive(Default)]
-pub struct Setup<'a> {
+pub(crate) struct Setup<'a> {
     /// Also listen with TLS, with this certificate (its CA verifies clients'
     /// view of it; clients need no certificate).
     pub tls: Option<&'a Certs>,
@@ -67,7 +67,7 @@ pub struct Setup<'a> {
 }
 
 /// A running server of the test's own.
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     child: Child,
     /// The plaintext port.
     pub port: u16,
@@ -80,7 +80,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one and waits until it answers, or `None` (outside CI)
     /// without `redis-server`.
-    pub fn start(setup: Setup<'_>) -> Option<Self> {
+    pub(crate) fn start(setup: Setup<'_>) -> Option<Self> {
         let binary = require(
             "redis-server (apt-get install redis-server)",
             server_binary(),
@@ -171,12 +171,12 @@ impl RedisServer {
     }
 
     /// A plaintext URL to 127.0.0.1, database `db`.
-    pub fn url(&self, db: u32) -> String {
+    pub(crate) fn url(&self, db: u32) -> String {
         format!("redis://127.0.0.1:{}/{db}", self.port)
     }
 
     /// An administrator's connection (Unix socket), database `db`.
-    pub fn admin(&self, db: u32) -> redis::Connection {
+    pub(crate) fn admin(&self, db: u32) -> redis::Connection {
         redis::Client::open(self.socket_url(db))
             .and_then(|client| client.get_connection_with_timeout(DEADLINE))
             .unwrap_or_else(|error| panic!("admin connection: {error}\n{}", self.log()))
@@ -204,7 +204,7 @@ impl RedisServer {
     }
 
     /// Waits until this replica has its primary's data.
-    pub fn wait_in_sync(&self) {
+    pub(crate) fn wait_in_sync(&self) {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let info: String = redis::cmd("INFO")
@@ -220,14 +220,14 @@ impl RedisServer {
     }
 
     /// Kills the server (SIGKILL: no goodbye, no save).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// Kills the server and starts it again on the same ports, with the same
     /// settings: without persistence, it comes back empty.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.kill();
         let _ = std::fs::remove_file(self.socket());
         self.child = spawn(&self.command);
@@ -235,7 +235,7 @@ impl RedisServer {
     }
 
     /// The server's log so far, for failure messages.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 }

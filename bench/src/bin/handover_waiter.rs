@@ -8,7 +8,7 @@ fn main() {
         .nth(1)
         .expect("usage: handover-waiter PATH");
     let guard = PidLock::new(path)
-        .quiet(true)
+        .log_level(pidlock_core::LogLevel::Error)
         .on_conflict(OnConflict::Wait { timeout: None })
         .acquire()
         .expect("acquire");

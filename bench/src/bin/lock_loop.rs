@@ -13,7 +13,7 @@ fn main() {
     let path = PathBuf::from(path);
     let times: u32 = times.parse().expect("N");
     let pid = format!("{}\n", std::process::id());
-    let lock = pidlock_core::PidLock::new(&path).quiet(true);
+    let lock = pidlock_core::PidLock::new(&path).log_level(pidlock_core::LogLevel::Error);
     for _ in 0..times {
         if which == "floor" {
             pidlock_bench::Floor::acquire(&path, pid.as_bytes())

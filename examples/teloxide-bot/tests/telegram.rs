@@ -306,7 +306,9 @@ fn telegram_restart_keeps_the_pid_and_the_lock_and_resumes_polling() {
         let (stop, attempts, pid_file) =
             (Arc::clone(&stop), Arc::clone(&attempts), pid_file.clone());
         std::thread::spawn(move || {
-            let lock = PidLock::new(&pid_file).signals(Signals::None).quiet(true);
+            let lock = PidLock::new(&pid_file)
+                .signals(Signals::None)
+                .log_level(pidlock_core::LogLevel::Error);
             while !stop.load(Ordering::SeqCst) {
                 match lock.acquire() {
                     Ok(_) => return Err("the contender got the lock during the restart".to_owned()),

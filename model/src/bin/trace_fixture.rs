@@ -19,7 +19,9 @@ fn main() -> ExitCode {
         eprintln!("usage: trace_fixture <path> once|hold");
         return ExitCode::from(2);
     };
-    let lock = PidLock::new(path).signals(Signals::None).quiet(true);
+    let lock = PidLock::new(path)
+        .signals(Signals::None)
+        .log_level(pidlock_core::LogLevel::Error);
     let mut guard = match lock.acquire() {
         Ok(guard) => guard,
         Err(error) => {

@@ -163,7 +163,7 @@ pub(crate) fn monotonic() -> Option<Duration> {
 }
 
 /// A file we hold the lock on, verified to be the one the path names.
-pub(crate) struct Locked {
+pub(crate) struct HeldFile {
     pub(crate) file: OwnedFd,
     pub(crate) stat: FileStat,
     /// We created it just now, so it holds nothing to report on.

@@ -13,7 +13,7 @@ use nix::unistd::{ForkResult, Pid, fork, pipe, read};
 
 /// How the holder behaves besides holding the lock.
 #[derive(Clone, Copy, Default)]
-pub struct HolderOptions {
+pub(crate) struct HolderOptions {
     /// Write its PID into the file, as a pidlock holder would.
     pub write_pid: bool,
     /// Ignore SIGTERM, as a hung program would.
@@ -22,14 +22,14 @@ pub struct HolderOptions {
 
 /// A child process holding an exclusive lock on a file; killed on drop
 /// unless it was reaped.
-pub struct Holder {
+pub(crate) struct Holder {
     pub pid: Pid,
     reaped: bool,
 }
 
 impl Holder {
     /// Forks the holder and returns once it holds the lock.
-    pub fn start(path: &Path, options: HolderOptions) -> Self {
+    pub(crate) fn start(path: &Path, options: HolderOptions) -> Self {
         let path = CString::new(path.as_os_str().as_bytes()).unwrap();
         let (ready_read, ready_write) = pipe().unwrap();
         // SAFETY: the child makes only async-signal-safe calls (signal,
@@ -86,7 +86,7 @@ impl Holder {
     }
 
     /// Whether it is still running (not exited, not a zombie to reap).
-    pub fn running(&self) -> bool {
+    pub(crate) fn running(&self) -> bool {
         matches!(
             waitpid(self.pid, Some(WaitPidFlag::WNOHANG)),
             Ok(WaitStatus::StillAlive)
@@ -94,7 +94,7 @@ impl Holder {
     }
 
     /// Reaps the child: the signal it died of.
-    pub fn death(&mut self) -> Option<Signal> {
+    pub(crate) fn death(&mut self) -> Option<Signal> {
         self.reaped = true;
         match waitpid(self.pid, None).unwrap() {
             WaitStatus::Signaled(_, signal, _) => Some(signal),

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 
 /// Telegram's answer to the older of two concurrent `getUpdates`.
-pub const CONFLICT_DESCRIPTION: &str = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running";
+pub(crate) const CONFLICT_DESCRIPTION: &str = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running";
 
 /// The methods the double answers.
 const KNOWN: [&str; 5] = [
@@ -48,7 +48,7 @@ const TELEGRAM_LIMIT: usize = 100;
 
 /// One request the double received.
 #[derive(Clone, Debug)]
-pub struct Call {
+pub(crate) struct Call {
     pub method: String,
     pub params: Value,
     /// When the double read it.
@@ -83,14 +83,14 @@ impl State {
     }
 }
 
-pub struct BotApi {
+pub(crate) struct BotApi {
     url: String,
     state: Arc<State>,
     stopped: Arc<AtomicBool>,
 }
 
 impl BotApi {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let port = listener.local_addr().expect("a local address").port();
         let state = Arc::new(State::default());
@@ -114,18 +114,18 @@ impl BotApi {
     }
 
     /// What to put in `TELEGRAM_API_URL`.
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.url
     }
 
     /// A user's message in a private chat, delivered by the next `getUpdates`.
-    pub fn inject_message(&self, chat_id: i64, text: &str) -> i64 {
+    pub(crate) fn inject_message(&self, chat_id: i64, text: &str) -> i64 {
         self.inject_messages(chat_id, [text.to_owned()])[0]
     }
 
     /// Messages that arrive at once (a burst): all of them are there for the
     /// next `getUpdates`. Returns their update ids.
-    pub fn inject_messages(
+    pub(crate) fn inject_messages(
         &self,
         chat_id: i64,
         texts: impl IntoIterator<Item = String>,
@@ -157,11 +157,11 @@ impl BotApi {
         ids
     }
 
-    pub fn calls(&self) -> Vec<Call> {
+    pub(crate) fn calls(&self) -> Vec<Call> {
         self.state.lock().calls.clone()
     }
 
-    pub fn count(&self, method: &str) -> usize {
+    pub(crate) fn count(&self, method: &str) -> usize {
         self.state
             .lock()
             .calls
@@ -171,24 +171,24 @@ impl BotApi {
     }
 
     /// Updates not confirmed yet: a bot that starts now gets them.
-    pub fn pending(&self) -> usize {
+    pub(crate) fn pending(&self) -> usize {
         self.state.lock().updates.len()
     }
 
     /// While on, `sendMessage` calls are recorded but not answered, so the
     /// handler that made one stays busy; turning it off answers them.
-    pub fn hold_replies(&self, hold: bool) {
+    pub(crate) fn hold_replies(&self, hold: bool) {
         self.state.lock().holding_replies = hold;
         self.state.changed.notify_all();
     }
 
     /// How many `getUpdates` were answered with 409.
-    pub fn conflicts(&self) -> usize {
+    pub(crate) fn conflicts(&self) -> usize {
         self.state.lock().conflicts
     }
 
     /// `sendMessage` calls with exactly this text.
-    pub fn sent(&self, text: &str) -> usize {
+    pub(crate) fn sent(&self, text: &str) -> usize {
         self.state
             .lock()
             .calls
@@ -198,7 +198,7 @@ impl BotApi {
     }
 
     /// Waits until `done` holds for the calls so far, or `timeout` passes.
-    pub fn wait_until(&self, timeout: Duration, done: impl Fn(&BotApi) -> bool) -> bool {
+    pub(crate) fn wait_until(&self, timeout: Duration, done: impl Fn(&BotApi) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         while !done(self) {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -1,4 +1,4 @@
-//! The `pidlock` command (SPEC §9): `status`, `stop` and `wait` on a PID
+//! The `pidlock` command (DESIGN.md, *CLI and supervisors*): `status`, `stop` and `wait` on a PID
 //! file, with the exit codes of LSB init scripts for `status`, and `run`,
 //! which gives a command the lock (see `run.rs`).
 
