@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pidlock_core::{Error, Escalation, Holder, Pid, Status, Stop, StopSignal, Stopped};
 
-use crate::human;
+use crate::duration;
 
 const USAGE: &str = "\
 usage: pidlock status PATH
@@ -106,7 +106,7 @@ impl Command {
                     let value = args.next().ok_or("--timeout needs a value")?;
                     let value = value.to_str().ok_or("--timeout is not text")?;
                     timeout = Some(
-                        parse_duration(value)
+                        duration::parse(value)
                             .ok_or_else(|| format!("cannot read {value:?} as a duration"))?,
                     );
                 }
@@ -205,7 +205,7 @@ impl Command {
                         println!(
                             "{}: PID {pid} killed after {}{}",
                             path.display(),
-                            human::duration(timeout),
+                            duration::format(timeout),
                             successor(now_held_by.as_ref())
                         );
                         0
@@ -214,7 +214,7 @@ impl Command {
                         eprintln!(
                             "pidlock: {}: PID {pid} is still running after {}{}",
                             path.display(),
-                            human::duration(timeout),
+                            duration::format(timeout),
                             if kill {
                                 " and SIGKILL"
                             } else {
@@ -232,7 +232,7 @@ impl Command {
                     eprintln!(
                         "pidlock: {}: still held after {}",
                         path.display(),
-                        human::duration(timeout.unwrap_or_default())
+                        duration::format(timeout.unwrap_or_default())
                     );
                     1
                 }
@@ -304,7 +304,7 @@ fn print_process(pid: Pid) {
             .unwrap_or_default();
         let ago = match ago.as_secs() {
             0 => "just now".to_owned(),
-            secs => format!("{} ago", human::duration(Duration::from_secs(secs))),
+            secs => format!("{} ago", duration::age(Duration::from_secs(secs))),
         };
         println!("  started: {} ({ago})", utc(started));
     }
@@ -355,21 +355,6 @@ fn utc(time: SystemTime) -> String {
     )
 }
 
-/// "500ms", "30s", "5m", "1h", the grammar of the attribute's `timeout`.
-pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let millis = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return None,
-    };
-    number.checked_mul(millis).map(Duration::from_millis)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,14 +370,5 @@ mod tests {
             utc(UNIX_EPOCH + Duration::from_secs(1_795_866_867)),
             "2026-11-28 11:54:27 UTC"
         );
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("10"), None);
-        assert_eq!(parse_duration("s"), None);
     }
 }

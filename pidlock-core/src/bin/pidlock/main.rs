@@ -3,11 +3,8 @@
 //! `Stop`, `wait_until_free`, `PidLock` and its guard).
 
 mod cli;
+mod duration;
 mod run;
-// The library's duration wording, compiled into the binary from the same
-// file (it is not public API: a formatting detail, not a contract).
-#[path = "../../human.rs"]
-mod human;
 
 fn main() -> std::process::ExitCode {
     cli::main(std::env::args_os().skip(1))

@@ -59,7 +59,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd;
 use pidlock_core::{LogLevel, OnConflict, Pid, PidFileGuard, PidLock};
 
-use crate::cli::parse_duration;
+use crate::duration;
 
 /// What `run` passes on to the command: what stops a program, and the two
 /// signals programs take for "reload" or "reopen the logs".
@@ -127,7 +127,7 @@ impl Run {
                 Some("--timeout") => {
                     let text = value("--timeout")?;
                     timeout = Some(
-                        parse_duration(&text)
+                        duration::parse(&text)
                             .ok_or_else(|| format!("cannot read {text:?} as a duration"))?,
                     );
                 }
