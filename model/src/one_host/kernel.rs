@@ -20,8 +20,8 @@ pub type Pid = u8;
 pub const STALE_PID: Pid = 9;
 
 /// Inode and description table sizes: more than any configuration reaches.
-pub const INODES: usize = 8;
-pub const DESCRIPTIONS: usize = 10;
+pub(super) const INODES: usize = 8;
+pub(super) const DESCRIPTIONS: usize = 10;
 
 /// What the file holds, as far as a reader can tell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -225,17 +225,17 @@ impl Pc {
 }
 
 /// One-shot things a process has done.
-pub mod once {
-    pub const FORKED: u8 = 1;
-    pub const RESTARTED: u8 = 2;
-    pub const SIGNALLED: u8 = 4;
-    pub const DAEMONIZED: u8 = 8;
+pub(super) mod once {
+    pub(crate) const FORKED: u8 = 1;
+    pub(crate) const RESTARTED: u8 = 2;
+    pub(crate) const SIGNALLED: u8 = 4;
+    pub(crate) const DAEMONIZED: u8 = 8;
     /// Takeover: the SIGKILL round is done.
-    pub const KILLED: u8 = 16;
+    pub(crate) const KILLED: u8 = 16;
     /// A reader: it has let go once.
-    pub const LET_GO: u8 = 32;
+    pub(crate) const LET_GO: u8 = 32;
     /// Takeover: the grace period after its SIGTERM is over.
-    pub const GRACE_OVER: u8 = 64;
+    pub(crate) const GRACE_OVER: u8 = 64;
 }
 
 /// A lock's sharers pipe, as this process has it.

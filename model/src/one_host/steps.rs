@@ -10,13 +10,13 @@ use super::process::{Leaving, Pc, Pipe, Policy, Proc, Role, Target, Then, once};
 use super::{OneHost, State, Step, broke};
 
 /// `lockfile::OPEN_ATTEMPTS`.
-pub const OPEN_ATTEMPTS: u8 = 16;
+pub(super) const OPEN_ATTEMPTS: u8 = 16;
 
 /// `busy` retries a lock held by nobody it can verify for
 /// `UNVERIFIED_PATIENCE` (100 ms); the model has no clock, so one retry
 /// stands for them (the holder that just let go is then found gone; see
 /// README on what timing is not modelled).
-pub const UNVERIFIED_RETRIES: u8 = 1;
+pub(super) const UNVERIFIED_RETRIES: u8 = 1;
 
 /// `Sharers::leave`'s answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
