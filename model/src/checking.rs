@@ -10,12 +10,15 @@ use stateright::{Checker, CheckerBuilder, Expectation, HasDiscoveries, Model, Pa
 
 /// What one exhaustive run found.
 pub struct Outcome<M: Model> {
+    /// The model that was checked, for rendering its traces.
     pub model: M,
     /// Distinct states visited.
     pub unique_states: usize,
     /// Transitions explored (states generated, duplicates included).
     pub generated: usize,
+    /// The longest path explored.
     pub max_depth: usize,
+    /// How long the check took.
     pub elapsed: Duration,
     /// Property name to the path that reached it: a counterexample for
     /// `always`, an example for `sometimes`.

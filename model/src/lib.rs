@@ -1,11 +1,12 @@
 //! Exhaustive models of pidlock's lock protocols, checked with
-//! [stateright](https://docs.rs/stateright) (issue 14).
+//! [stateright](https://docs.rs/stateright) (DESIGN.md, "What is proven").
 //!
-//! - [`one_host`]: the PID file with `flock` (SPEC §4, §5, §10): racing
+//! - [`one_host`]: the PID file with `flock` (DESIGN.md, "The lock protocol
+//!   (one host)", "Exit paths", "Processes and places"): racing
 //!   instances, crashes, `fork`, `daemonized()`, `restart()`, an outside
 //!   `rm`, `pidlock stop` and takeover, PID reuse.
-//! - [`lease`]: the PostgreSQL lease (SPEC §8) in discrete time with lost
-//!   and delayed messages.
+//! - [`lease`]: the PostgreSQL lease (DESIGN.md, "Across hosts") in
+//!   discrete time with lost and delayed messages.
 //! - [`redis_lease`]: the Redis lease in discrete time with lost, delayed
 //!   and duplicated messages, the key's TTL and a paused holder.
 //! - [`checking`]: running the checker to the end, for the tests.
@@ -14,9 +15,6 @@
 //! many states it visited; they also check that each safeguard matters (a
 //! mutation of the model without it yields a counterexample) and that the
 //! model's steps are the real library's system calls, in order (strace).
-
-// The model is not published: its public items exist for its own tests.
-#![allow(missing_docs)]
 
 pub mod checking;
 pub mod lease;

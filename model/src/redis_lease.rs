@@ -29,6 +29,8 @@
 
 use stateright::{Model, Property};
 
+/// What a check of the Redis lease explores: the timeouts in ticks, the
+/// network, pauses, and the safeguards taken out.
 #[derive(Clone, Debug)]
 pub struct RedisConfig {
     /// `L`.
@@ -37,14 +39,17 @@ pub struct RedisConfig {
     pub grace: u8,
     /// `T`: the key's TTL.
     pub ttl: u8,
+    /// Ticks between renewals.
     pub heartbeat: u8,
     /// The longest a message spends in the network, one way.
     pub max_delay: u8,
     /// Whether messages may be lost, and duplicated.
     pub loss: bool,
+    /// Whether a renewal may reach the server twice.
     pub duplication: bool,
     /// The longest pause of the holder's process (0: none).
     pub max_pause: u8,
+    /// The safeguards taken out (none, for the code as it is).
     pub mutations: Mutations,
 }
 
@@ -88,33 +93,48 @@ pub struct Message {
     pub renewed: bool,
 }
 
+/// The holder's process, as its keeper and watchdog see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Holder {
+    /// Running: the keeper renews, the watchdog counts.
     Running {
         /// Ticks since the sending of the last confirmed renewal (capped).
         silent: u8,
+        /// Ticks until the keeper sends its next renewal.
         next_beat: u8,
+        /// A renewal is outstanding.
         querying: bool,
     },
     /// SIGTERM raised (by the watchdog or a refused renewal): the shutdown
     /// runs, and the keeper too, for at most `left` ticks.
     Stopping {
+        /// Ticks until the process is made to exit.
         left: u8,
+        /// Ticks since the sending of the last confirmed renewal (capped).
         silent: u8,
+        /// Ticks until the keeper sends its next renewal.
         next_beat: u8,
+        /// A renewal is outstanding.
         querying: bool,
     },
+    /// The process has exited.
     Stopped,
 }
 
+/// Who the key names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KeyOwner {
+    /// The first holder.
     Holder,
+    /// The standby, once the key expired.
     Standby,
 }
 
+/// A state: the holder, the key, the standby, the messages in flight and the
+/// terms.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RedisState {
+    /// The holder's process.
     pub holder: Holder,
     /// Ticks the holder's process stays paused (0: running).
     pub paused: u8,
@@ -127,17 +147,22 @@ pub struct RedisState {
     /// Renewals on their way to the server, and answers on their way back
     /// (sorted: two copies of one message are one state, whatever order).
     pub to_server: Vec<Message>,
+    /// Answers on their way back to the holder (sorted, as `to_server`).
     pub to_client: Vec<Message>,
     /// Terms: the holder's, and the standby's once it has one (each
     /// acquisition bumps the server's counter in the same script).
     pub holder_term: u8,
+    /// The standby's term, once it has one.
     pub standby_term: u8,
     /// The holder had a renewal confirmed while the standby held the key.
     pub confirmed_unfenced: bool,
 }
 
+/// A step: time passing, a message sent or delivered, the holder acting or
+/// paused, the key expiring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RedisAction {
+    /// One tick passes.
     Tick,
     /// The keeper sends a renewal: its copies' delays (`None`: lost).
     Renew(Option<u8>, Option<Option<u8>>),
@@ -147,8 +172,11 @@ pub enum RedisAction {
     HolderReceives(usize),
     /// A renewal whose answer never comes errors out (the deadline).
     RenewalFails,
+    /// The watchdog: no confirmed renewal for a lease. SIGTERM.
     WatchdogFires,
+    /// The program's own shutdown finished after SIGTERM.
     ShutdownDone,
+    /// The grace ran out: `std::process::exit`.
     ExitAfterGrace,
     /// The process is paused for this many ticks.
     Pause(u8),
@@ -156,19 +184,28 @@ pub enum RedisAction {
     KeyExpires,
 }
 
+/// The property names.
 pub mod names {
+    /// `always`: without pauses, the holder has stopped before the standby
+    /// runs.
     pub const HOLDER_STOPS_FIRST: &str = "the holder has stopped before the standby runs";
+    /// `always`: two holders at once are always fenced.
     pub const FENCED: &str = "two holders never run un-fenced: the newer holds the key and the larger term, and the older gets no renewal confirmed";
+    /// `sometimes`: the standby takes the key.
     pub const STANDBY_TAKES_OVER: &str = "the standby gets the lock";
+    /// `sometimes`: the holder's watchdog fires.
     pub const WATCHDOG_FIRES: &str = "the holder's watchdog fires";
 }
 
+/// The model.
 #[derive(Clone, Debug)]
 pub struct RedisLease {
+    /// What this check explores.
     pub config: RedisConfig,
 }
 
 impl RedisLease {
+    /// The model of `config`.
     pub fn new(config: RedisConfig) -> Self {
         Self { config }
     }

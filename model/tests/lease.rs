@@ -1,4 +1,4 @@
-//! The PostgreSQL lease (SPEC §8), checked exhaustively with the shipped
+//! The PostgreSQL lease (DESIGN.md, "Across hosts"), checked exhaustively with the shipped
 //! settings (L = 10 s, G = 5 s, S = 30 s, heartbeat 2 s) in one-second
 //! ticks, messages lost or delayed.
 

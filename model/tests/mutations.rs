@@ -1,10 +1,13 @@
 //! Each safeguard matters: with it taken out of the model, the checker
 //! finds a counterexample, printed as a trace. Each runs on a configuration
 //! of `one_host.rs` (or one with fewer behaviours), where the property
-//! holds with the safeguard in.
+//! holds with the safeguard in. Several put back the code as it was before
+//! the fixes of what the model found in it (`replace_unfrozen`,
+//! `leave_forgets`, `failed_pipe_alone`, `vanished_swap_fails`,
+//! `wait_ignores_name`).
 
 use pidlock_model::checking::until;
-use pidlock_model::one_host::{Config, Mutations, OneHost, names, render::render};
+use pidlock_model::one_host::{Config, Mutations, OneHost, Policy, names, render::render};
 
 fn counterexample(config: Config, mutations: Mutations, property: &'static str) -> String {
     let model = OneHost::new(config.with(mutations));
@@ -186,19 +189,145 @@ fn without_turns_three_starts_move_a_running_instances_file_away() {
     assert!(trace.contains("holds and runs on"), "{trace}");
 }
 
-/// Without the second look after swapping a file it could not freeze, a
-/// start removes the old file that an instance locked (and checked) between
-/// the reader letting go and the swap, and runs beside it.
+/// The code before the model's findings replaced a file a reader holds
+/// exclusively too, though it cannot be frozen, and looked again after the
+/// swap. Between the start's look and its swap the reader lets go, and an
+/// instance locks the old file, checks the path, runs and returns from
+/// `main`: its `unlink_if_ours` fstatat sees its own file, the swap
+/// happens, and its `unlinkat` removes the start's new file instead.
 #[test]
-fn without_the_second_look_an_instance_that_locked_the_old_file_runs_beside_the_new_one() {
+fn replacing_a_file_a_reader_holds_exclusively_lets_a_release_remove_the_new_file() {
     let trace = counterexample(
         Config::exclusive_reader(),
         Mutations {
-            no_recheck: true,
+            replace_unfrozen: true,
+            ..Mutations::default()
+        },
+        names::ONLY_OWNER_MODIFIES,
+    );
+    assert!(
+        trace.contains("pinned, not frozen: replace it all the same (MUTATION)"),
+        "{trace}"
+    );
+    assert!(trace.contains("renameat2(RENAME_EXCHANGE)"), "{trace}");
+    assert!(trace.contains("which is NOT file A"), "{trace}");
+}
+
+/// The same, with the start killed before its second look: the instance
+/// that locked the old file between the look and the swap keeps running
+/// on it under the temporary name, the path names the dead start's file,
+/// unlocked, and the next start takes it and runs too.
+#[test]
+fn replacing_a_file_a_reader_holds_exclusively_lets_a_killed_start_hide_an_instance() {
+    let trace = counterexample(
+        Config {
+            instances: vec![Policy::Exit, Policy::Exit, Policy::Exit],
+            leave: false,
+            reader_holds_at_start: true,
+            ..Config::exclusive_reader()
+        },
+        Mutations {
+            replace_unfrozen: true,
             ..Mutations::default()
         },
         names::NO_TWO_INSTANCES,
     );
-    assert!(trace.contains("NO second look"), "{trace}");
-    assert!(trace.contains("holds and runs on"), "{trace}");
+    assert!(trace.contains("the temporary name file A"), "{trace}");
+    assert!(trace.contains("is killed (SIGKILL)"), "{trace}");
+    assert!(
+        trace.contains("I2 (pid 2): Write, has file A (locked), owner"),
+        "{trace}"
+    );
+}
+
+/// `Sharers::leave` forgetting its answer (the code before the model's
+/// findings): an owner returning from `main` while its child shares the
+/// lock reads `Shared` and goes on to name the child in the file; a SIGTERM
+/// that arrives then (here a takeover's) runs `remove_held_files`, whose
+/// `let_go` reads the pipe again: both ends are -1 now, which reads
+/// `Alone`, and the file goes while the child holds the lock. A newcomer
+/// creates a new one and runs beside the child.
+#[test]
+fn a_sharers_pipe_that_forgets_its_answer_lets_a_sigterm_remove_a_shared_file() {
+    let trace = counterexample(
+        Config::fork_and_takeover(),
+        Mutations {
+            leave_forgets: true,
+            ..Mutations::default()
+        },
+        names::NO_TWO_INSTANCES,
+    );
+    assert!(trace.contains("(MUTATION: forgets)"), "{trace}");
+    assert!(
+        trace.contains("child (pid 3): Run, has file A (locked)"),
+        "{trace}"
+    );
+}
+
+/// A lock whose sharers pipe could not be made read as "alone" (the code
+/// before the model's findings), like one never held across a fork: the
+/// owner at its descriptor limit forks, exits and removes the file, and a
+/// newcomer runs beside the child (FreeBSD's `pidfile_inherited` again).
+#[test]
+fn a_failed_sharers_pipe_read_as_alone_leaves_the_child_beside_a_newcomer() {
+    let trace = counterexample(
+        Config::fork_in_a_pid_namespace(),
+        Mutations {
+            failed_pipe_alone: true,
+            ..Mutations::default()
+        },
+        names::NO_TWO_INSTANCES,
+    );
+    assert!(
+        trace.contains("no sharers pipe (pipe2 failed): alone (MUTATION)"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("child (pid 1): Run, has file A (locked)"),
+        "{trace}"
+    );
+}
+
+/// A swap that finds the path gone returning the error (the code before
+/// the model's findings): a start that froze a file and holds its turn
+/// finds it removed from outside at its swap, and fails though nobody
+/// holds the lock.
+#[test]
+fn a_swap_that_fails_on_a_vanished_path_fails_the_start() {
+    let trace = counterexample(
+        Config::outside_rm(),
+        Mutations {
+            vanished_swap_fails: true,
+            ..Mutations::default()
+        },
+        names::SOLO_ACQUIRE,
+    );
+    assert!(
+        trace.contains("renameat2(RENAME_EXCHANGE) -> ENOENT"),
+        "{trace}"
+    );
+    assert!(
+        trace.contains("will return the error (MUTATION)"),
+        "{trace}"
+    );
+}
+
+/// A waiting start that does not notice its file losing its name (the
+/// code before the model's findings): the instance removes its file as it
+/// leaves, a reader that opened it before takes a shared lock on the
+/// removed inode, and the standby waits behind the reader for as long as
+/// the reader likes, while the path is free.
+#[test]
+fn a_wait_blind_to_the_name_is_blocked_by_a_reader_of_the_removed_file() {
+    let trace = counterexample(
+        Config::standby_and_reader(),
+        Mutations {
+            wait_ignores_name: true,
+            ..Mutations::default()
+        },
+        names::READERS_NEVER_BLOCK,
+    );
+    assert!(trace.contains("unlinkat(path) removes file A"), "{trace}");
+    assert!(trace.contains("I2 (pid 2): WaitLock"), "{trace}");
+    assert!(trace.contains("is stuck at WaitLock"), "{trace}");
 }

@@ -43,8 +43,7 @@ fn three_instances_racing_crashing_restarting() {
 }
 
 /// Two instances, crashes, a restart, and an `rm` of the file from outside
-/// at any moment (with the proposed fix that makes a replacement look again
-/// when the path is gone: `as_written.rs`).
+/// at any moment (a replacement that finds the path gone looks again).
 #[test]
 fn two_instances_and_an_outside_rm() {
     assert_holds(Config::outside_rm(), "outside rm", 4_000);
@@ -74,8 +73,8 @@ fn fork_stop_and_pid_reuse() {
 
 /// A fork child that is PID 1 of a nested PID namespace, as its parent is
 /// of its container, and lives on after the parent returns, exits or is
-/// killed; the fork hook's `pipe2` may fail (with the proposed fix that
-/// counts a lock without a sharers pipe as shared).
+/// killed; the fork hook's `pipe2` may fail (a lock without a sharers pipe
+/// counts as shared).
 #[test]
 fn fork_into_a_nested_pid_namespace() {
     assert_holds(
@@ -85,21 +84,29 @@ fn fork_into_a_nested_pid_namespace() {
     );
 }
 
-/// A reader of another user that takes a shared lock on whatever file the
-/// path names, whenever it likes, and keeps it; three starts that may
-/// return, exit or be killed: each pinned file is frozen and replaced,
-/// starts take turns.
+/// A reader that takes a shared lock on whatever file the path names,
+/// whenever it likes, and keeps it; three starts that may return, exit or
+/// be killed: each pinned file is frozen and replaced, starts take turns.
 #[test]
 fn a_shared_reader_and_three_starts() {
     assert_holds(Config::shared_reader(), "shared reader", 85_000);
 }
 
-/// A reader of another user holding the file exclusively through a
-/// read-only descriptor (that may let go), and two starts: the file cannot
-/// be frozen, so the start looks again after its swap.
+/// A reader (root) holding the file exclusively through a read-only
+/// descriptor (that may let go), and two starts that may return, exit or
+/// be killed: the file cannot be frozen, so a start that meets the reader
+/// reports it and never replaces the file.
 #[test]
 fn an_exclusive_reader_and_two_starts() {
-    assert_holds(Config::exclusive_reader(), "exclusive reader", 1_500);
+    assert_holds(Config::exclusive_reader(), "exclusive reader", 2_000);
+}
+
+/// A standby that waits behind an instance that may return, exit or be
+/// killed, and a reader that takes a shared lock on whatever file the path
+/// names and keeps it: the wait notices its file losing its name.
+#[test]
+fn a_waiting_standby_and_a_shared_reader() {
+    assert_holds(Config::standby_and_reader(), "standby and reader", 1_100);
 }
 
 /// The known limit the README states: once someone removes the file from

@@ -1,4 +1,5 @@
-//! The PostgreSQL lease (SPEC §8, `pidlock-core/src/postgres.rs`) in
+//! The PostgreSQL lease (DESIGN.md, "Across hosts";
+//! `pidlock-core/src/postgres.rs`) in
 //! discrete time, with lost and delayed messages.
 //!
 //! One holder, its server session, and a standby blocked in
@@ -44,6 +45,8 @@ pub enum LeaseStart {
     LastQuerySent,
 }
 
+/// What a check of the PostgreSQL lease explores: the timeouts in ticks, the
+/// network, how the acquisition is counted.
 #[derive(Clone, Debug)]
 pub struct LeaseConfig {
     /// `L`: how long the holder goes without confirmation before it stops.
@@ -61,6 +64,7 @@ pub struct LeaseConfig {
     pub max_delay: u8,
     /// Whether messages may be lost.
     pub loss: bool,
+    /// What the lease is counted from when `acquire` returns.
     pub start: LeaseStart,
 }
 
@@ -91,6 +95,7 @@ pub struct Message {
     pub grant: bool,
 }
 
+/// The holder's process, as its lease and watchdog see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Holder {
     /// `PgLock::acquire` waits for the reply to its last query.
@@ -107,23 +112,35 @@ pub enum Holder {
     },
     /// The watchdog fired: SIGTERM raised; the process exits within this
     /// many ticks (`std::process::exit` after the grace).
-    Stopping { left: u8 },
+    /// The watchdog fired: SIGTERM raised; the process exits within `left`
+    /// ticks (`std::process::exit` after the grace).
+    Stopping {
+        /// Ticks until the process exits.
+        left: u8,
+    },
     /// The process has exited (or `acquire` failed).
     Stopped,
 }
 
+/// A state: the holder, the server's session and the standby, the messages in
+/// flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LeaseState {
+    /// The holder's process.
     pub holder: Holder,
     /// The session holding the lock: ticks since the server last heard from
     /// the holder (capped at the timeout), or `None` once it ended.
     pub session: Option<u8>,
     /// The standby was granted the lock.
     pub standby: bool,
+    /// The query on its way to the server, if any.
     pub to_server: Option<Message>,
+    /// The reply on its way to the holder, if any.
     pub to_client: Option<Message>,
 }
 
+/// A step: time passing, a message sent or delivered, the holder's process
+/// acting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LeaseAction {
     /// One tick passes.
@@ -154,18 +171,23 @@ pub enum LeaseAction {
 /// The model.
 #[derive(Clone, Debug)]
 pub struct Lease {
+    /// What this check explores.
     pub config: LeaseConfig,
 }
 
 /// The property names.
 pub mod names {
+    /// `always`: the holder has stopped before the standby is granted the lock.
     pub const HOLDER_STOPS_FIRST: &str =
         "the holder has stopped before another session is granted the lock";
+    /// `sometimes`: the standby is granted the lock.
     pub const STANDBY_TAKES_OVER: &str = "the standby gets the lock";
+    /// `sometimes`: the holder's watchdog fires.
     pub const WATCHDOG_FIRES: &str = "the holder's watchdog fires";
 }
 
 impl Lease {
+    /// The model of `config`.
     pub fn new(config: LeaseConfig) -> Self {
         Self { config }
     }

@@ -4,8 +4,8 @@
 //! Only what the protocol can observe is kept. The directory holds the PID
 //! file's name, the replacement lock's (`.<name>.replace`, `replace.rs`'s
 //! turn) and each process's temporary name (`.<name>.<pid>.0.pidlock`); an
-//! inode has one of them at most (the lock refuses hard-linked files, SPEC
-//! §10, and nobody else makes links in the model), so its link count is
+//! inode has one of them at most (the lock refuses hard-linked files, and
+//! nobody else makes links in the model), so its link count is
 //! whether a name names it. A `flock` belongs to an open file description,
 //! not to a process: every process with a descriptor for it holds it, and it
 //! goes away when the last descriptor closes.
@@ -102,11 +102,14 @@ pub struct Description {
     /// (`fl_pid`), which a later `flock` on the same description does not
     /// change. 0 while unlocked.
     pub taker: Pid,
-    /// Opened read-only by another user: a lock through it is a reader's,
+    /// Opened read-only by another user (root: nobody else may open a 0600
+    /// file): a lock through it is a reader's,
     /// whatever its mode (`Holders::add`).
     pub foreign: bool,
 }
 
+/// The kernel's side of one directory: names, inodes and open file
+/// descriptions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Kernel {
     /// The inode the PID file's path names, if any.
@@ -115,7 +118,9 @@ pub struct Kernel {
     pub turn: Option<u8>,
     /// The inode each process's temporary name names, by slot.
     pub temps: [Option<u8>; SLOTS],
+    /// The inodes, by number; `None` is a free slot.
     pub inodes: [Option<Inode>; INODES],
+    /// The open file descriptions, by number; `None` is a free slot.
     pub descriptions: [Option<Description>; DESCRIPTIONS],
     /// Next serial for traces; zeroed while checking.
     pub next_serial: u8,
@@ -223,18 +228,22 @@ impl Kernel {
         self.entry == Some(inode) || self.turn == Some(inode) || self.temps.contains(&Some(inode))
     }
 
+    /// The open file description `index`, which must be live.
     pub fn description(&self, index: u8) -> Description {
         self.descriptions[usize::from(index)].expect("a descriptor names a live description")
     }
 
+    /// The inode `index`, which must be live.
     pub fn inode(&self, index: u8) -> Inode {
         self.inodes[usize::from(index)].expect("a description names a live inode")
     }
 
+    /// The inode an open file description is of.
     pub fn inode_of(&self, description: u8) -> u8 {
         self.description(description).inode
     }
 
+    /// What `inode` holds, to write it.
     pub fn contents_mut(&mut self, inode: u8) -> &mut Contents {
         &mut self.inodes[usize::from(inode)]
             .as_mut()

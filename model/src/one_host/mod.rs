@@ -1,4 +1,5 @@
-//! The lock protocol on one host (SPEC §4, §5, §10) as a state machine.
+//! The lock protocol on one host (DESIGN.md, "The lock protocol (one
+//! host)", "Exit paths", "Processes and places") as a state machine.
 //!
 //! A state is the directory's names, the inodes, the open file descriptions
 //! and the processes ([`State`]). A step is one system call or one decision
@@ -26,8 +27,10 @@ pub use solo::solo_steps;
 pub const SLOTS: usize = 5;
 
 /// The code changes the mutation tests put back, one at a time, to show the
-/// checker finds what each safeguard is there for. Constructor parameters,
-/// not cargo features: CI builds with `--all-features`.
+/// checker finds what each safeguard is there for. Several put back the
+/// code as it was before the fixes of the model's findings (README, "What
+/// is proven"). Constructor parameters, not cargo features: CI builds with
+/// `--all-features`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mutations {
     /// `lock_file` trusts a lock without the post-lock `fstatat`.
@@ -39,6 +42,13 @@ pub struct Mutations {
     pub owner_pid_only: bool,
     /// `let_go` removes the file without asking the sharers pipe.
     pub unlink_regardless: bool,
+    /// `Sharers::leave` forgets its answer: asked again (a signal handler
+    /// that runs while `release_now` leaves the file to sharers), it finds
+    /// both ends -1 and answers `Alone`.
+    pub leave_forgets: bool,
+    /// A lock whose sharers pipe could not be made (`pipe2` failed in the
+    /// fork hook) reads as `Alone`, like one never held across a fork.
+    pub failed_pipe_alone: bool,
     /// `holders::find`/`holds` take the PID `/proc/locks` shows (whoever
     /// took the lock) instead of the processes whose descriptors hold it.
     pub holders_from_proc_locks: bool,
@@ -49,38 +59,19 @@ pub struct Mutations {
     /// `replace` without turns: no replacement lock, no check that the path
     /// still names the pinned file before the swap.
     pub no_turns: bool,
-    /// `replace` trusts a file it could not freeze without looking again
-    /// after the swap (no `only_readers_hold`).
-    pub no_recheck: bool,
+    /// `busy` replaces a file a reader holds exclusively, which it cannot
+    /// freeze, and looks again after the swap (`only_readers_hold`), in
+    /// place of reporting the reader (`Error::Pinned`).
+    pub replace_unfrozen: bool,
+    /// `replace` returns the exchange's `ENOENT` (the path is gone) as an
+    /// error instead of looking again.
+    pub vanished_swap_fails: bool,
+    /// A waiting start blocks in `flock(LOCK_EX)` without noticing that the
+    /// file it waits on lost its name.
+    pub wait_ignores_name: bool,
     /// `stop` and takeover SIGKILL whoever holds the inode when their
     /// timeout runs out, not the pins that still hold it.
     pub kill_current_holders: bool,
-}
-
-/// Changes to the code that the model proposes for faults it found (README,
-/// "What is proven"): each is off, the code as written, unless a
-/// configuration turns it on; the tests that show each fault run without
-/// it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Fixes {
-    /// `Sharers::leave` remembers its answer: a second `let_go` of the same
-    /// lock (a signal handler that runs while `release_now` leaves the file
-    /// to sharers) answers `Shared` again instead of `Alone`.
-    pub leave_remembers: bool,
-    /// A lock whose sharers pipe could not be made (`pipe2` failed in the
-    /// fork hook) counts as shared, as `Sharers::ensure`'s comment says.
-    pub failed_pipe_shares: bool,
-    /// `replace` looks again when the exchange finds the path gone
-    /// (`ENOENT`), as `open_file` does, instead of returning the error.
-    pub retry_vanished_path: bool,
-}
-
-impl Fixes {
-    pub const ALL: Self = Self {
-        leave_remembers: true,
-        failed_pipe_shares: true,
-        retry_vanished_path: true,
-    };
 }
 
 /// What a check explores.
@@ -112,8 +103,9 @@ pub struct Config {
     pub stopper: bool,
     /// A dead process's PID may be given to an unrelated process (once).
     pub pid_reuse: bool,
-    /// A reader (another user, read-only) opens the file and takes one of
-    /// these locks; none, no reader.
+    /// A reader opens the file read-only and takes one of these locks
+    /// (none: no reader). It is root, or for a shared lock maybe the
+    /// owner's own observer: no other user may open a 0600 file.
     pub reader_locks: Vec<Lock>,
     /// The reader may let go (close) once; else it holds for ever.
     pub reader_lets_go: bool,
@@ -129,8 +121,8 @@ pub struct Config {
     /// derives its own; the checker shows it is never exceeded and is
     /// reached.
     pub solo_bound: usize,
+    /// The safeguards taken out (none, for the code as it is).
     pub mutations: Mutations,
-    pub fixes: Fixes,
 }
 
 impl Config {
@@ -171,10 +163,6 @@ impl Config {
             ],
             // As for three instances.
             solo_bound: 10,
-            fixes: Fixes {
-                retry_vanished_path: true,
-                ..Fixes::default()
-            },
             ..Self::none()
         }
     }
@@ -193,10 +181,6 @@ impl Config {
             // flock (the path names nothing now), the turn over,
             // openat(O_EXCL), flock, fstatat, pwrite.
             solo_bound: 8,
-            fixes: Fixes {
-                leave_remembers: true,
-                ..Fixes::default()
-            },
             ..Self::none()
         }
     }
@@ -212,10 +196,6 @@ impl Config {
             initial_files: vec![None],
             // As for fork and takeover.
             solo_bound: 8,
-            fixes: Fixes {
-                leave_remembers: true,
-                ..Fixes::default()
-            },
             ..Self::none()
         }
     }
@@ -236,10 +216,6 @@ impl Config {
             // openat(O_EXCL) -> EEXIST, fstatat, openat, flock, fstatat,
             // pwrite.
             solo_bound: 6,
-            fixes: Fixes {
-                leave_remembers: true,
-                ..Fixes::default()
-            },
             ..Self::none()
         }
     }
@@ -255,10 +231,6 @@ impl Config {
             child_same_pid: true,
             pipe_can_fail: true,
             crash: true,
-            fixes: Fixes {
-                failed_pipe_shares: true,
-                ..Fixes::default()
-            },
             initial_files: vec![None],
             // As for fork and takeover.
             solo_bound: 8,
@@ -266,7 +238,7 @@ impl Config {
         }
     }
 
-    /// A reader of another user takes a shared lock on the file the path
+    /// A reader takes a shared lock on the file the path
     /// names, when it likes (the stale file of a crashed instance, or one a
     /// start just made), and never lets go; three instances start (and may
     /// return, exit or be killed).
@@ -288,24 +260,44 @@ impl Config {
         }
     }
 
-    /// A reader of another user holds the stale file exclusively through a
-    /// read-only descriptor, and may let go; two instances start and run.
-    /// They neither leave nor die: a release or a kill during a swap of a
-    /// file that could not be frozen is what the model found unsafe (the
-    /// tests named `as_written_...`).
+    /// A reader holds the stale file exclusively through a read-only
+    /// descriptor (root: no other user can open a 0600 file), and may let
+    /// go; two instances start, may return, exit or be killed. A start
+    /// that meets the reader reports it (`Error::Pinned`): a file it cannot
+    /// freeze is never replaced.
     pub fn exclusive_reader() -> Self {
         Self {
             instances: vec![Policy::Exit, Policy::Exit],
-            leave: false,
+            crash: true,
             reader_locks: vec![Lock::Exclusive],
             reader_lets_go: true,
             initial_files: vec![Some(Contents::Pid(STALE_PID))],
-            // The reader holds it exclusively: openat(O_EXCL), fstatat,
-            // openat, flock, the shared probe, the holders (pinned, not
-            // frozen), the turn's openat, its flock (+ fstatat(path) + the
-            // temporary), renameat2, the second look, the turn over,
+            // An acquirer that froze the old file after a start killed just
+            // after its swap (the path names that start's new file, not
+            // locked): the shared probe, the turn's openat, its flock (the
+            // path names another file now), the turn over; openat(O_EXCL),
+            // fstatat, openat, flock, fstatat, pwrite.
+            solo_bound: 10,
+            ..Self::none()
+        }
+    }
+
+    /// A standby that waits (`on_conflict = "wait"`) behind an instance
+    /// that may return or exit, and a reader that takes a shared lock on
+    /// whatever file the path names, when it likes, and keeps it. Nobody is
+    /// killed: a reader that locks the file of an instance killed while a
+    /// standby waits on it keeps the standby waiting (`as_written.rs`).
+    pub fn standby_and_reader() -> Self {
+        Self {
+            instances: vec![Policy::Exit, Policy::Wait],
+            reader_locks: vec![Lock::Shared],
+            initial_files: vec![Some(Contents::Pid(STALE_PID))],
+            // A start that gave up on its turn left the turn file, and the
+            // reader holds the stale file: openat(O_EXCL), fstatat, openat,
+            // flock, the shared probe (frozen), the turn's openat, its flock
+            // (+ fstatat(path) + the temporary), renameat2, the turn over,
             // fstatat, pwrite.
-            solo_bound: 13,
+            solo_bound: 11,
             ..Self::none()
         }
     }
@@ -330,20 +322,13 @@ impl Config {
             initial_files: vec![None],
             solo_bound: 0,
             mutations: Mutations::default(),
-            fixes: Fixes::default(),
         }
     }
 
+    /// This configuration with `mutations` taken out of the code.
     #[must_use]
     pub fn with(mut self, mutations: Mutations) -> Self {
         self.mutations = mutations;
-        self
-    }
-
-    /// The code as written: none of the model's proposed fixes.
-    #[must_use]
-    pub fn as_written(mut self) -> Self {
-        self.fixes = Fixes::default();
         self
     }
 
@@ -386,11 +371,17 @@ pub mod broke {
     pub const SIGNAL: u8 = 2;
 }
 
+/// A state of the host: the kernel, the processes, and what the world may still
+/// do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct State {
+    /// The directory, the inodes and the open file descriptions.
     pub kernel: Kernel,
+    /// The processes, by slot.
     pub procs: [Proc; SLOTS],
+    /// How many more times `rm` may remove the file from outside.
     pub rm_left: u8,
+    /// Whether a dead process's PID may still be given to an unrelated one.
     pub reuse_left: bool,
     /// Bits of [`broke`].
     pub broke: u8,
@@ -400,6 +391,7 @@ pub struct State {
 /// world does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
+    /// Process `slot` takes a step.
     Proc(u8, Step),
     /// `rm` of the PID file by someone else.
     OutsideRm,
@@ -420,7 +412,11 @@ pub enum Step {
     /// `std::process::exit` (the `atexit` handler).
     Exit,
     /// `fork()`; false when the fork hook's `pipe2` failed.
-    Fork { pipe: bool },
+    /// `fork()`; `pipe` false when the fork hook's `pipe2` failed.
+    Fork {
+        /// The fork hook made the sharers pipe (or there was one).
+        pipe: bool,
+    },
     /// `pidlock_core::restart()`.
     Exec,
     /// `pidlock_core::daemonized()`.
@@ -439,12 +435,14 @@ pub enum Step {
 /// (off when replaying a trace, to keep file names stable).
 #[derive(Clone, Debug)]
 pub struct OneHost {
+    /// What this check explores.
     pub config: Config,
     layout: Layout,
     normalize: bool,
 }
 
 impl OneHost {
+    /// The model of `config`, with states renumbered canonically.
     pub fn new(config: Config) -> Self {
         let layout = config.layout();
         Self {

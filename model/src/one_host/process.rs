@@ -6,11 +6,15 @@ use super::kernel::Pid;
 /// What `on_conflict` asks for (`policy::OnConflict`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Policy {
+    /// `"exit"`: report the conflict and end.
     Exit,
+    /// `"wait"`: wait for the holder to let go.
     Wait,
+    /// `"takeover"`: SIGTERM, then SIGKILL, the verified holder.
     Takeover,
 }
 
+/// Who a process is, for what it may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
     /// A slot not in use (yet): the fork child before `fork`, the unrelated
@@ -25,9 +29,10 @@ pub enum Role {
     Unrelated,
     /// `pidlock stop <path>` (`Stop::run`, escalating to SIGKILL).
     Stopper,
-    /// Another user's process that opens the file read-only and `flock`s
-    /// it (an observer, `flock -s`, `flock -x` through a read-only
-    /// descriptor): not an instance (`holders.rs`).
+    /// A process that opens the file read-only and `flock`s it without
+    /// being an instance (`holders.rs`): an observer's probe or `flock -s`
+    /// (shared), or `flock -x` through a read-only descriptor of another
+    /// user, which only root can be since PID files are 0600.
     Reader,
 }
 
@@ -65,14 +70,17 @@ pub enum Pc {
     Flock,
     /// `lockfile::busy`'s `flock(LOCK_SH | LOCK_NB)`: can it be frozen?
     BusyShared {
+        /// How many of `busy`'s retries are done.
         tries: u8,
     },
     /// `busy`: `file_pid`'s fstat, then the holders (likely, then every).
     Busy {
+        /// How many of `busy`'s retries are done.
         tries: u8,
     },
     /// `busy`'s `flock(LOCK_EX | LOCK_NB)` when no instance was found.
     BusyFlock {
+        /// How many of `busy`'s retries are done.
         tries: u8,
     },
     /// A blocking `flock(LOCK_EX)` (`waiting::lock_exclusive`).
@@ -96,12 +104,14 @@ pub enum Pc {
     /// `renameat2(RENAME_EXCHANGE)` (step 5), then `fstatat(temporary)`:
     /// is what we swapped out the pinned file?
     Exchange,
-    /// `only_readers_hold`, for a file that could not be frozen (step 6).
+    /// `only_readers_hold`, the second look after swapping a file that
+    /// could not be frozen: only with the `replace_unfrozen` mutation (the
+    /// code before it refused such files).
     Recheck,
     /// `renameat2(RENAME_EXCHANGE)` again, to put it back; then `discard`:
     /// `unlinkat(temporary)`, `close` of the new file.
     SwapBack,
-    /// For `Locked`, `unlinkat(temporary)`: the old file goes (step 7).
+    /// For `Locked`, `unlinkat(temporary)`: the old file goes (step 6).
     /// Then `Turn::drop` (`fstatat`, `unlinkat`, `close` of the replacement
     /// lock), and the pinned file closes as `replace` returns.
     TurnOver(Then),
@@ -144,7 +154,9 @@ pub enum Pc {
     DaemonFlock,
     /// `fstat` + `fstatat`: still the file the path names?
     DaemonCheck,
+    /// `daemonized()`: `write_pid`'s `pwrite` of the child's PID.
     DaemonWrite,
+    /// `daemonized()`: `write_pid`'s `ftruncate`.
     DaemonTruncate,
     // --- Stop::run ---
     /// `open_existing` (`open(O_RDONLY)`).
@@ -166,6 +178,7 @@ pub enum Pc {
     ReaderHold,
     /// An unrelated process, running.
     Alive,
+    /// Ended (or not started: an absent slot); holds nothing.
     Dead,
 }
 
@@ -217,8 +230,9 @@ impl Pc {
     }
 
     /// Between a swap of a file that could not be frozen and the check
-    /// that decides whether to swap back (`replace` step 6): the path may
-    /// name the new file while an instance that locked the old one runs.
+    /// that decides whether to swap back (the `replace_unfrozen` mutation
+    /// only): the path may name the new file while an instance that locked
+    /// the old one runs.
     pub fn unfrozen_swap(self) -> bool {
         matches!(self, Self::Recheck | Self::SwapBack)
     }
@@ -255,7 +269,9 @@ pub enum Pipe {
 /// that owns a lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Owner {
+    /// The owner's PID number, as `getpid()` returned it.
     pub pid: Pid,
+    /// The owner's fork generation.
     pub generation: u8,
 }
 
@@ -286,14 +302,17 @@ impl Target {
     }
 }
 
+/// A process: its role, where it is, and what it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Proc {
+    /// Who it is.
     pub role: Role,
     /// What `getpid()` returns in the process's own PID namespace, and (in
     /// every configuration but the nested namespace) what others see.
     pub pid: Pid,
     /// `FORK_GENERATION`: bumped by the `pthread_atfork` child hook.
     pub generation: u8,
+    /// Where it is: the step it takes next.
     pub pc: Pc,
     /// The descriptor of the PID file (an index into the descriptions); for
     /// a reader, its read-only one; during a replacement, the pinned file.
@@ -311,8 +330,8 @@ pub struct Proc {
     /// Its lock's sharers pipe (`Sharers`): made by the fork hook,
     /// inherited by the child.
     pub pipe: Pipe,
-    /// What `Sharers::leave` answered (read by the proposed fix that makes
-    /// it remember).
+    /// What `Sharers::leave` answered, which it answers again when asked
+    /// again.
     pub left_shared: bool,
     /// During a replacement: the pinned file is frozen (we hold a shared
     /// lock on it).
@@ -322,14 +341,17 @@ pub struct Proc {
     pub truncate: bool,
     /// `lock_file`'s `replaced` count.
     pub replaced: u8,
+    /// During a stop or takeover: whom it is about.
     pub target: Option<Target>,
     /// Bits of [`once`].
     pub done: u8,
 }
 
 impl Proc {
+    /// An unused slot.
     pub const ABSENT: Self = Self::new(Role::Absent, 0, Pc::Dead);
 
+    /// A process of `role` with PID `pid`, at `pc`, holding nothing.
     pub const fn new(role: Role, pid: Pid, pc: Pc) -> Self {
         Self {
             role,
@@ -351,6 +373,7 @@ impl Proc {
         }
     }
 
+    /// Whether it runs (a used slot, not dead).
     pub fn alive(&self) -> bool {
         self.role != Role::Absent && self.pc != Pc::Dead
     }
@@ -369,6 +392,7 @@ impl Proc {
         self.owner == Some(self.me())
     }
 
+    /// Whether it has done the one-shot thing `bit` (of `once`).
     pub fn has(&self, bit: u8) -> bool {
         self.done & bit != 0
     }

@@ -11,35 +11,61 @@ use super::{Config, OneHost, State, broke, solo};
 
 /// The property names, for tests to ask the checker about.
 pub mod names {
+    /// `always`: safety (a).
     pub const ONE_OWNER_ON_PATH: &str =
         "(a) at most one owner holds the lock on the file the path names";
+    /// `always`: safety (a'), the promise people care about.
     pub const NO_TWO_INSTANCES: &str =
         "(a') no two instances run (unless the file is removed from outside)";
+    /// `always`: safety (b).
     pub const ONLY_OWNER_MODIFIES: &str =
         "(b) only the lock's owner unlinks, writes or truncates the file";
+    /// `always`: safety (c).
     pub const FILE_NAMES_OWNER: &str =
         "(c) while an owner runs, the file the path names holds its PID";
+    /// `always`: safety (d).
     pub const SIGNAL_ONLY_HOLDERS: &str = "(d) a signal reaches only a process of the instance verified when the stop or takeover began";
+    /// `always`: bounded progress (e).
     pub const SOLO_ACQUIRE: &str =
         "(e) an acquirer alone acquires a free lock within a bounded number of its own steps";
-    pub const READERS_NEVER_BLOCK: &str = "(f) readers never block a start: with only readers' locks, an acquirer alone runs within the bound";
+    /// `always`: readers never block a start (f).
+    pub const READERS_NEVER_BLOCK: &str = "(f) readers never block a start: with only readers' shared locks, an acquirer alone runs within the bound";
 
+    /// `sometimes`: the bound of (e) and (f) is tight.
     pub const SOLO_TIGHT: &str = "(e) some acquirer alone needs the whole bound";
+    /// `sometimes`: the model reaches a running instance.
     pub const RUNS: &str = "an instance runs";
+    /// `sometimes`: a start is refused.
     pub const CONFLICT: &str = "a conflict is reported";
+    /// `sometimes`: the post-lock check sends a start round again.
     pub const STALE_RETRY: &str = "a lock on a replaced or removed file is retried";
+    /// `sometimes`: `write_pid` truncates.
     pub const TRUNCATED: &str = "a longer stale file is truncated";
+    /// `sometimes`: a wait ends with the lock free.
     pub const WAITED: &str = "the lock comes free for a waiting instance";
+    /// `sometimes`: `restart()` keeps the lock.
     pub const ADOPTED: &str = "a restarted image adopts its lock";
+    /// `sometimes`: `daemonized()` hands the lock over.
     pub const DAEMON_OWNS: &str = "a daemonized child owns the lock";
+    /// `sometimes`: a stop or takeover's SIGTERM runs the handler.
     pub const SIGNALLED: &str = "a holder runs its signal handler after takeover or stop";
+    /// `sometimes`: the SIGKILL round has someone to kill.
     pub const KILLED: &str = "a verified holder that kept the lock is SIGKILLed";
+    /// `sometimes`: the sharers pipe keeps the file.
     pub const KEPT_FOR_SHARERS: &str = "a release leaves the file to a child that shares the lock";
+    /// `sometimes`: a fork child outlives its parent with the lock.
     pub const SHARER_RUNS_ALONE: &str = "a child holds the lock alone after its parent let go";
+    /// `sometimes`: a start replaces a file readers hold.
     pub const REPLACED: &str = "a start replaces a file only readers hold";
-    pub const SWAPPED_BACK: &str = "a start swaps back a file an instance locked meanwhile";
+    /// `sometimes`: a start reports a reader that holds the file exclusively.
+    pub const PINNED: &str = "a start reports a file a reader holds exclusively (Pinned)";
+    /// `sometimes`: a wait notices its file removed.
+    pub const UNNAMED: &str = "a waiting start finds its file removed and opens the path again";
+    /// `sometimes`: a reader's exclusive lock is reached.
     pub const READER_HOLDS_EXCLUSIVE: &str = "a reader holds the file exclusively";
+    /// `sometimes`: PID reuse reaches the file's PID.
     pub const REUSED_PID_IN_FILE: &str = "the file names a PID now used by an unrelated process";
+    /// `sometimes`: the known limit after an outside `rm`.
     pub const RM_RACE: &str =
         "after an outside rm, a release can unlink a newcomer's file (known limit)";
 }
@@ -62,6 +88,21 @@ pub(crate) fn all(config: &Config) -> Vec<Property<OneHost>> {
     if config.instances.len() > 1 || config.outside_rm > 0 {
         properties.push(Property::sometimes(STALE_RETRY, |_, s: &State| {
             s.procs.iter().any(|p| p.pc == Pc::CloseRetry)
+        }));
+    }
+    if config
+        .instances
+        .iter()
+        .any(|p| *p == super::Policy::Wait || *p == super::Policy::Takeover)
+    {
+        properties.push(Property::sometimes(UNNAMED, |_, s: &State| {
+            s.procs.iter().any(|p| {
+                p.pc == Pc::WaitLock
+                    && p.fd.is_some_and(|fd| {
+                        s.kernel.entry != Some(s.kernel.inode_of(fd))
+                            && !s.kernel.can_lock(fd, Lock::Exclusive)
+                    })
+            })
         }));
     }
     if config.instances.len() > 1 {
@@ -134,7 +175,7 @@ pub(crate) fn all(config: &Config) -> Vec<Property<OneHost>> {
             })
         }));
     }
-    if !config.reader_locks.is_empty() {
+    if config.reader_locks.contains(&Lock::Shared) {
         properties.push(Property::sometimes(REPLACED, |_, s: &State| {
             s.procs.iter().any(|p| p.pc == Pc::TurnOver(Then::Locked))
         }));
@@ -151,9 +192,17 @@ pub(crate) fn all(config: &Config) -> Vec<Property<OneHost>> {
             },
         ));
     }
-    if config.reader_locks.contains(&Lock::Exclusive) && config.reader_lets_go {
-        properties.push(Property::sometimes(SWAPPED_BACK, |_, s: &State| {
-            s.procs.iter().any(|p| p.pc == Pc::SwapBack)
+    if config.reader_locks.contains(&Lock::Exclusive) {
+        properties.push(Property::sometimes(PINNED, |_, s: &State| {
+            s.procs.iter().any(|p| {
+                p.pc == Pc::Refuse
+                    && p.fd.is_some_and(|fd| {
+                        let inode = s.kernel.inode_of(fd);
+                        s.kernel.descriptions.iter().flatten().any(|d| {
+                            d.inode == inode && d.foreign && d.lock == Some(Lock::Exclusive)
+                        })
+                    })
+            })
         }));
     }
     if config.pid_reuse {
@@ -175,8 +224,8 @@ pub(crate) fn all(config: &Config) -> Vec<Property<OneHost>> {
     properties
 }
 
-/// The owners whose lock is on the inode the path names (SPEC §4: "the
-/// kernel lock is the truth").
+/// The owners whose lock is on the inode the path names: the kernel's lock,
+/// not the PID in the file, says who runs.
 fn one_owner_on_path(_: &OneHost, state: &State) -> bool {
     let Some(named) = state.kernel.entry else {
         return true;
@@ -216,7 +265,8 @@ pub(crate) fn instance_locks(state: &State) -> Vec<u8> {
     locks
 }
 
-/// SPEC §4.6: "Never truncate or unlink a file that is not ours." After an
+/// Never truncate or unlink a file that is not ours (DESIGN.md, "The lock
+/// protocol (one host)"). After an
 /// outside `rm`, `unlink_if_ours`' fstatat-then-unlinkat can hit a newcomer's
 /// file (there is no unlink-by-descriptor): see [`names::RM_RACE`].
 fn only_owner_modifies(model: &OneHost, state: &State) -> bool {
@@ -228,8 +278,9 @@ fn only_owner_modifies(model: &OneHost, state: &State) -> bool {
 /// instance. After an outside `rm` the path may name nothing or a newcomer's
 /// file; if it names the owner's, that still holds its PID. A start that
 /// swapped out a file it could not freeze may have moved a running
-/// instance's file away until its second look, which swaps it back
-/// (`replace` step 6): not promised in that window.
+/// instance's file away until its second look, which swaps it back: not
+/// promised in that window (only the `replace_unfrozen` mutation swaps a
+/// file it could not freeze).
 fn file_names_owner(model: &OneHost, state: &State) -> bool {
     let swapping = state
         .procs
@@ -249,7 +300,7 @@ fn file_names_owner(model: &OneHost, state: &State) -> bool {
         })
 }
 
-/// SPEC §10, "Who holds it": a signal from takeover or `stop` (SIGTERM to
+/// A signal from takeover or `stop` (SIGTERM to
 /// the holder, SIGKILL to those that kept the lock) lands only on a process
 /// that held the lock when `holds` was asked after pinning it, at the start
 /// of that stop or takeover: never on a process that got a holder's PID

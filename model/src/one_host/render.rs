@@ -332,10 +332,13 @@ fn sharers_line(model: &OneHost, before: &State, slot: usize) -> &'static str {
     }
     match (proc.pipe, shared) {
         (Pipe::None, _) => "no sharers pipe: alone",
-        (Pipe::Failed, false) => "no sharers pipe (pipe2 failed): alone",
-        (Pipe::Failed, true) => "no sharers pipe (pipe2 failed): counted as shared (proposed fix)",
-        (Pipe::Left, false) => "the sharers pipe was read before, its ends are -1: alone",
-        (Pipe::Left, true) => "the sharers pipe was read before: shared, as then (proposed fix)",
+        (Pipe::Failed, false) => "no sharers pipe (pipe2 failed): alone (MUTATION)",
+        (Pipe::Failed, true) => "no sharers pipe (pipe2 failed): counted as shared",
+        (Pipe::Left, false) if model.config.mutations.leave_forgets => {
+            "the sharers pipe was read before, its ends are -1: alone (MUTATION: forgets)"
+        }
+        (Pipe::Left, false) => "the sharers pipe was read before: alone, as then",
+        (Pipe::Left, true) => "the sharers pipe was read before: shared, as then",
         (Pipe::Open, false) => "reads the sharers pipe: end of file, alone",
         (Pipe::Open, true) => "reads the sharers pipe: another process has it, shared",
     }
@@ -415,7 +418,12 @@ fn next_line(model: &OneHost, before: &State, slot: usize, after: &State, f: &st
             };
             let verdict = match now.pc {
                 Pc::BusyFlock { .. } => "no instance: flock again".to_owned(),
-                Pc::TurnOpen | Pc::CreateTemp => "pinned, not frozen: replace it".to_owned(),
+                Pc::TurnOpen | Pc::CreateTemp => {
+                    "pinned, not frozen: replace it all the same (MUTATION)".to_owned()
+                }
+                Pc::Refuse if found.exclusive.is_empty() => {
+                    "reports the reader (Pinned)".to_owned()
+                }
                 _ => verdict(&now),
             };
             format!(
@@ -423,7 +431,11 @@ fn next_line(model: &OneHost, before: &State, slot: usize, after: &State, f: &st
                 found.exclusive
             )
         }
-        Pc::WaitLock => format!("blocking flock on {f} returns: locked"),
+        Pc::WaitLock if now.pc == Pc::Verify => format!("the wait on {f} ends: locked"),
+        Pc::WaitLock => format!(
+            "the wait on {f}: flock -> EWOULDBLOCK, and the path names {}: closes it, start again",
+            named(before)
+        ),
         Pc::Verify => match now.pc {
             Pc::Write if before.kernel.entry == proc.fd.map(|d| before.kernel.inode_of(d)) => {
                 format!(
@@ -459,7 +471,7 @@ fn next_line(model: &OneHost, before: &State, slot: usize, after: &State, f: &st
             _ => format!("leaves {f} to its sharers (no sharer found to name)"),
         },
         Pc::ReaderOpen => match now.fd {
-            Some(_) => format!("open(O_RDONLY) as another user: {now_file}"),
+            Some(_) => format!("open(O_RDONLY) as a reader: {now_file}"),
             None => "finds no file".to_owned(),
         },
         Pc::Refuse => format!(
@@ -642,16 +654,12 @@ fn replace_line(model: &OneHost, before: &State, slot: usize, after: &State, f: 
             new_file()
         ),
         Pc::Exchange if before.kernel.entry.is_none() => match now.pc {
-            Pc::TurnOver(Then::Fail) => "renameat2(RENAME_EXCHANGE) -> ENOENT: the path names nothing; removes its new file, will return the error".to_owned(),
-            _ => "renameat2(RENAME_EXCHANGE) -> ENOENT: the path names nothing; removes its new file and looks again (proposed fix)".to_owned(),
+            Pc::TurnOver(Then::Fail) => "renameat2(RENAME_EXCHANGE) -> ENOENT: the path names nothing; removes its new file, will return the error (MUTATION)".to_owned(),
+            _ => "renameat2(RENAME_EXCHANGE) -> ENOENT: the path names nothing; removes its new file and looks again".to_owned(),
         },
         Pc::Exchange => match now.pc {
             Pc::SwapBack => format!(
                 "renameat2(RENAME_EXCHANGE): {}; fstatat(temporary): not {f}, it swapped out another file",
-                names(after, slot)
-            ),
-            Pc::TurnOver(_) if !proc.frozen => format!(
-                "renameat2(RENAME_EXCHANGE): {}; NO second look although {f} was not frozen (mutation)",
                 names(after, slot)
             ),
             _ => format!("renameat2(RENAME_EXCHANGE): {}", names(after, slot)),

@@ -25,23 +25,35 @@ pub const OPENAT: &str = "openat";
 pub const FSTAT: &str = "fstat";
 /// `fstatat(dir, name)`.
 pub const FSTATAT: &str = "fstatat";
+/// `flock` of the PID file's descriptor (or the new file's).
 pub const FLOCK: &str = "flock";
+/// `pwrite64` of the PID line.
 pub const PWRITE: &str = "pwrite";
+/// `ftruncate` to the PID line's length.
 pub const FTRUNCATE: &str = "ftruncate";
+/// `unlinkat(dir, name)` of the PID file.
 pub const UNLINKAT: &str = "unlinkat";
+/// `close` of the PID file's descriptor.
 pub const CLOSE: &str = "close";
 /// `openat(O_CREAT | O_EXCL)` of a replacement's temporary name.
 pub const OPENAT_TEMP: &str = "openat(temporary, O_CREAT|O_EXCL)";
+/// `fstatat` of a replacement's temporary name.
 pub const FSTATAT_TEMP: &str = "fstatat(temporary)";
+/// `unlinkat` of a replacement's temporary name.
 pub const UNLINKAT_TEMP: &str = "unlinkat(temporary)";
 /// `renameat2(temporary, path, RENAME_EXCHANGE)`.
 pub const EXCHANGE: &str = "renameat2(RENAME_EXCHANGE)";
 /// `openat(O_CREAT)` of the replacement lock, `.<name>.replace`.
 pub const OPENAT_TURN: &str = "openat(turn, O_CREAT)";
+/// `fstat` of the replacement lock's descriptor.
 pub const FSTAT_TURN: &str = "fstat(turn)";
+/// `flock` of the replacement lock.
 pub const FLOCK_TURN: &str = "flock(turn)";
+/// `fstatat` of the replacement lock's name.
 pub const FSTATAT_TURN: &str = "fstatat(turn)";
+/// `unlinkat` of the replacement lock's name.
 pub const UNLINKAT_TURN: &str = "unlinkat(turn)";
+/// `close` of the replacement lock's descriptor.
 pub const CLOSE_TURN: &str = "close(turn)";
 
 /// One process acquires a fresh lock (no file yet), returns from `main`.
@@ -68,7 +80,7 @@ pub fn conflict() -> Vec<&'static str> {
     calls
 }
 
-/// A reader of another user holds a shared lock on a stale file; a start
+/// A reader holds a shared lock on a stale file (`flock -s`); a start
 /// freezes it and replaces it (`replace.rs`), runs, returns from `main`:
 /// the start's calls.
 pub fn pinned_by_a_reader() -> Vec<&'static str> {
@@ -163,9 +175,15 @@ fn next_calls(slot: usize, before: &State, after: &State) -> Vec<&'static str> {
         Pc::Flock
         | Pc::BusyShared { .. }
         | Pc::BusyFlock { .. }
-        | Pc::WaitLock
         | Pc::DaemonFlock
-        | Pc::Recheck => vec![FLOCK],
+        | Pc::Recheck => {
+            vec![FLOCK]
+        }
+        Pc::WaitLock if then == Pc::Verify => vec![FLOCK],
+        // The file lost its name: the wait's `still_named` (an lstat of the
+        // absolute path, not through the directory's descriptor), then the
+        // lock loop closes the file.
+        Pc::WaitLock => vec![FLOCK, CLOSE],
         // file_pid's fstat (and pread, not traced) before the holders.
         Pc::Busy { .. } => vec![FSTAT],
         Pc::CloseRetry | Pc::Refuse | Pc::Close | Pc::StopClose => vec![CLOSE],
@@ -176,7 +194,8 @@ fn next_calls(slot: usize, before: &State, after: &State) -> Vec<&'static str> {
             _ => vec![FLOCK_TURN, FSTATAT_TURN, FSTATAT],
         },
         Pc::CreateTemp => vec![OPENAT_TEMP, FLOCK],
-        Pc::Exchange if then == Pc::TurnOver(Then::Fail) => vec![EXCHANGE, UNLINKAT_TEMP, CLOSE],
+        // ENOENT: the new file is discarded.
+        Pc::Exchange if before.kernel.entry.is_none() => vec![EXCHANGE, UNLINKAT_TEMP, CLOSE],
         Pc::Exchange => vec![EXCHANGE, FSTATAT_TEMP],
         Pc::SwapBack => vec![EXCHANGE, UNLINKAT_TEMP, CLOSE],
         Pc::TurnOver(then) => {

@@ -14,6 +14,7 @@
 //! where the other processes hold only readers' locks: a reader can delay a
 //! start by a replacement, never keep it from running.
 
+use super::kernel::Lock;
 use super::process::{Pc, Role};
 use super::steps::UNVERIFIED_RETRIES;
 use super::{OneHost, State, Step};
@@ -25,8 +26,9 @@ pub(crate) fn acquires_alone(model: &OneHost, state: &State) -> bool {
 }
 
 /// Property (f): the same where the only locks other processes hold are
-/// readers' (another user's processes, with a read-only descriptor, shared
-/// or exclusive), at least one: readers never keep a start from running.
+/// readers' shared ones, at least one: such readers never keep a start from
+/// running. (A reader's exclusive lock, which only root can take on a 0600
+/// file, is reported instead: `Error::Pinned`.)
 pub(crate) fn readers_never_block(model: &OneHost, state: &State) -> bool {
     alone_within_bound(model, state, Others::HoldOnlyReaderLocks)
 }
@@ -86,29 +88,32 @@ fn candidate(state: &State, slot: usize) -> bool {
 enum Others {
     /// No lock at all.
     HoldNothing,
-    /// Locks, all of them readers'.
+    /// Locks, all of them readers' shared ones.
     HoldOnlyReaderLocks,
 }
 
 impl Others {
     fn hold(self, state: &State, slot: usize) -> bool {
-        let lockers: Vec<Role> = state
+        let lockers: Vec<(Role, Lock)> = state
             .procs
             .iter()
             .enumerate()
             .filter(|(other, p)| *other != slot && p.alive())
-            .filter(|(_, p)| {
+            .flat_map(|(_, p)| {
                 p.descriptors()
                     .into_iter()
                     .flatten()
-                    .any(|d| state.kernel.description(d).lock.is_some())
+                    .filter_map(|d| state.kernel.description(d).lock)
+                    .map(|lock| (p.role, lock))
             })
-            .map(|(_, p)| p.role)
             .collect();
         match self {
             Self::HoldNothing => lockers.is_empty(),
             Self::HoldOnlyReaderLocks => {
-                !lockers.is_empty() && lockers.iter().all(|&role| role == Role::Reader)
+                !lockers.is_empty()
+                    && lockers
+                        .iter()
+                        .all(|&held| held == (Role::Reader, Lock::Shared))
             }
         }
     }

@@ -31,8 +31,9 @@ pub(crate) enum Sharing {
 pub(crate) struct Found {
     /// By PID, ascending.
     pub exclusive: Vec<Pid>,
-    /// Readers holding it exclusively (another user, read-only): those that
-    /// make a file "pinned, unfrozen".
+    /// Readers holding it exclusively (another user, root since PID files
+    /// are 0600, through a read-only descriptor): a start reports them
+    /// (`Error::Pinned`) rather than replace a file it cannot freeze.
     pub exclusive_readers: usize,
 }
 
@@ -72,17 +73,20 @@ impl OneHost {
                     steps.push(Step::Daemonize);
                 }
             }
-            // A blocking flock returns only once the lock is free.
+            // A wait returns once the lock is free; a start's wait also
+            // once the file it waits on lost its name (the turn's does not
+            // ask).
             Pc::WaitLock | Pc::TurnLock => {
                 let fd = if proc.pc == Pc::WaitLock {
                     proc.fd
                 } else {
                     proc.turn
                 };
-                if state
-                    .kernel
-                    .can_lock(fd.expect("waiting on a descriptor"), Lock::Exclusive)
-                {
+                let fd = fd.expect("waiting on a descriptor");
+                let unnamed = proc.pc == Pc::WaitLock
+                    && !self.config.mutations.wait_ignores_name
+                    && state.kernel.entry != Some(state.kernel.inode_of(fd));
+                if state.kernel.can_lock(fd, Lock::Exclusive) || unnamed {
                     steps.push(Step::Next);
                 }
                 steps.push(Step::GiveUp);
@@ -244,14 +248,24 @@ impl OneHost {
                 }
             }
             Pc::WaitLock => {
-                // waiting::lock_exclusive returned Locked; the resolver's
-                // Next::Locked resets `replaced` (a wait is not a
-                // replacement).
+                // waiting::lock_exclusive: each wake-up tries
+                // flock(LOCK_EX | LOCK_NB), then asks `still_named` (an
+                // lstat of the path). Acquired: the resolver's
+                // Next::Acquired resets `replaced` (a wait is not a
+                // replacement). Unnamed: Next::Retry, the file closes and
+                // the lock loop opens the path again (`continue`, with no
+                // count).
                 let fd = proc.fd.expect("waiting on a descriptor");
-                state.kernel.lock(fd, Lock::Exclusive, proc.pid);
-                let proc = &mut state.procs[slot];
-                proc.replaced = 0;
-                proc.pc = Pc::Verify;
+                if state.kernel.can_lock(fd, Lock::Exclusive) {
+                    state.kernel.lock(fd, Lock::Exclusive, proc.pid);
+                    let proc = &mut state.procs[slot];
+                    proc.replaced = 0;
+                    proc.pc = Pc::Verify;
+                } else {
+                    let proc = &mut state.procs[slot];
+                    proc.fd = None;
+                    proc.pc = Pc::Open;
+                }
             }
             Pc::Verify => self.verify(state, slot),
             Pc::CloseRetry => {
@@ -405,7 +419,7 @@ impl OneHost {
                 state.procs[slot].pc = Pc::StopClose;
             }
             Pc::ReaderOpen => match state.kernel.entry {
-                // open(O_RDONLY) as another user (`flock -s path` of a file
+                // open(O_RDONLY) by a reader (`flock -s path` of a file
                 // that is there).
                 Some(inode) => {
                     let fd = state.kernel.open(inode, true);
@@ -456,11 +470,16 @@ impl OneHost {
         if !found.exclusive.is_empty() {
             let holder = self.describe(state, inode);
             self.resolve(state, slot, holder);
-        } else if found.exclusive_readers > 0 && !self.config.mutations.no_replacement {
-            // Readers alone, one of them exclusive: pinned, not frozen.
+        } else if found.exclusive_readers > 0 && self.config.mutations.replace_unfrozen {
+            // Mutated: readers alone, one of them exclusive: pinned, not
+            // frozen, replaced all the same.
             let proc = &mut state.procs[slot];
             proc.frozen = false;
             proc.pc = self.first_replacement_step();
+        } else if found.exclusive_readers > 0 && !self.config.mutations.no_replacement {
+            // A reader holds it exclusively: Error::Pinned, whatever the
+            // policy (the resolver handles AlreadyRunning only).
+            state.procs[slot].pc = Pc::Refuse;
         } else {
             state.procs[slot].pc = Pc::BusyFlock { tries };
         }
@@ -544,28 +563,31 @@ impl OneHost {
                 Pc::Exchange
             }
             Pc::Exchange => {
-                // Step 5: renameat2(temporary, path, RENAME_EXCHANGE); an
-                // error (ENOENT: the path names nothing) is returned after
-                // the new file is discarded. Then fstatat(temporary): what
-                // we swapped out is the pinned file?
+                // Step 5: renameat2(temporary, path, RENAME_EXCHANGE);
+                // ENOENT (the path names nothing) discards the new file and
+                // looks again (mutated: returns the error). Then
+                // fstatat(temporary): what we swapped out is the pinned
+                // file?
                 if !state.kernel.exchange(slot) {
                     self.discard(state, slot);
-                    if self.config.fixes.retry_vanished_path {
-                        Pc::TurnOver(Then::Retry)
-                    } else {
+                    if self.config.mutations.vanished_swap_fails {
                         Pc::TurnOver(Then::Fail)
+                    } else {
+                        Pc::TurnOver(Then::Retry)
                     }
                 } else if state.kernel.temps[slot] != Some(old) {
                     Pc::SwapBack
-                } else if proc.frozen || self.config.mutations.no_recheck {
+                } else if proc.frozen {
                     Pc::TurnOver(Then::Locked)
                 } else {
                     Pc::Recheck
                 }
             }
             Pc::Recheck => {
-                // Step 6, only_readers_hold: flock(LOCK_SH | LOCK_NB) on the
-                // old file (taken: nobody holds it exclusively), else
+                // Only with `replace_unfrozen`, as the code was: the second
+                // look after swapping a file that could not be frozen,
+                // only_readers_hold: flock(LOCK_SH | LOCK_NB) on the old
+                // file (taken: nobody holds it exclusively), else
                 // Holders::every: no instance, and an exclusive reader.
                 let fd = proc.fd.expect("the pinned file");
                 if state.kernel.can_lock(fd, Lock::Shared) {
@@ -867,22 +889,24 @@ impl OneHost {
 
     /// `Sharers::leave`: closes this process's write end of the sharers
     /// pipe and reads the other end: end of file (no other process has a
-    /// write end) is `Alone`. With no pipe (never forked, or `leave` ran
-    /// before) both ends are -1, and that reads as `Alone` too, unless a
-    /// proposed fix says otherwise. Mutated: never asked.
+    /// write end) is `Alone`. Never held across a fork: `Alone`. A pipe
+    /// that could not be made: `Shared` (nobody can tell; mutated:
+    /// `Alone`). Asked again (a signal handler during a release), the
+    /// answer it remembers (mutated: both ends are -1 then, `Alone`).
+    /// Mutated: never asked.
     pub(crate) fn leave(&self, state: &mut State, slot: usize) -> Sharing {
         let proc = state.procs[slot];
-        let fixes = self.config.fixes;
+        let mutations = self.config.mutations;
         if proc.pipe != Pipe::None {
             state.procs[slot].pipe = Pipe::Left;
         }
-        if self.config.mutations.unlink_regardless {
+        if mutations.unlink_regardless {
             return Sharing::Alone;
         }
         let shared = match proc.pipe {
             Pipe::None => false,
-            Pipe::Failed => fixes.failed_pipe_shares,
-            Pipe::Left => fixes.leave_remembers && proc.left_shared,
+            Pipe::Failed => !mutations.failed_pipe_alone,
+            Pipe::Left => !mutations.leave_forgets && proc.left_shared,
             Pipe::Open => state.procs.iter().enumerate().any(|(other, p)| {
                 other != slot && p.alive() && p.pipe == Pipe::Open && p.fd == proc.fd
             }),
