@@ -193,6 +193,46 @@ fn a_waiting_start_is_not_held_up_by_a_reader_of_the_removed_file() {
     assert_eq!(read(&case.pid_file), format!("{}\n", standby.pid()));
 }
 
+/// A standby waiting for an instance that crashes, leaving its file at the
+/// path, while a reader keeps a shared lock on that file: the standby sees
+/// that only readers are left and replaces the file, rather than waiting
+/// for an exclusive lock the reader would withhold for as long as it
+/// likes. The test plays both parts itself on one descriptor: it holds the
+/// file exclusively with its PID in it, as an instance does, and once the
+/// standby waits, keeps only a shared lock (a conversion makes no close
+/// event, so the standby cannot be woken into taking the lock in between).
+#[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: elsewhere a file readers hold cannot be replaced"
+)]
+fn a_waiting_start_is_not_held_up_by_a_reader_of_a_crashed_instances_file() {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let case = Case::new();
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&case.pid_file)
+        .unwrap();
+    writeln!(file, "{}", std::process::id()).unwrap();
+    let held = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .unwrap_or_else(|(_, errno)| panic!("lock the file: {errno}"));
+    let mut standby = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-wait"), &["hold"]));
+    standby.wait_for_stderr(&format!(
+        "Another instance is running (PID: {}); waiting for it to exit",
+        std::process::id()
+    ));
+    held.relock(FlockArg::LockShared).unwrap();
+    standby.wait_for_stdout("ready");
+    assert_eq!(read(&case.pid_file), format!("{}\n", standby.pid()));
+    drop(held);
+}
+
 /// A shared lock is never a running instance: `status` says the file is
 /// stale and names the reader, with its user and command.
 #[test]

@@ -186,7 +186,9 @@ impl<'a> ConflictHandler<'a> {
         let named = named.as_ref().map(|named| named as waiting::StillNamed<'_>);
         match waiting::lock_exclusive(file, deadline, named) {
             Ok(Waited::Acquired(file)) => Ok(Next::Acquired(file)),
-            Ok(Waited::Unnamed) => Ok(Next::Retry),
+            // Gone from the path, or left to readers: the next look
+            // replaces it.
+            Ok(Waited::Unnamed | Waited::OnlyShared) => Ok(Next::Retry),
             // Waited up to the deadline: say so in the units the user gave
             // (`timeout = "500ms"` reads "after waiting 500ms", not the few
             // milliseconds of scheduling noise on top).

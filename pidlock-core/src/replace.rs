@@ -243,7 +243,7 @@ impl<'a> Turn<'a> {
             }
             let file = match waiting::lock_exclusive(file, Some(deadline), None) {
                 Ok(Waited::Acquired(file)) => file,
-                Ok(Waited::TimedOut | Waited::Unnamed) => return Ok(None),
+                Ok(Waited::TimedOut | Waited::Unnamed | Waited::OnlyShared) => return Ok(None),
                 Err(errno) => return Err(Error::io(path, "lock the replacement lock of", errno)),
             };
             let identity = Identity::of(&stat);

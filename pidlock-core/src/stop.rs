@@ -323,7 +323,7 @@ pub fn wait_until_free(path: impl AsRef<Path>, timeout: Option<Duration>) -> Res
             // Free, unless a start replaced the file meanwhile (readers
             // held it): then wait on the file the path names now.
             Waited::Acquired(_) if still_named(path, Identity::of(&stat)) => return Ok(true),
-            Waited::Acquired(_) | Waited::Unnamed => {}
+            Waited::Acquired(_) | Waited::Unnamed | Waited::OnlyShared => {}
             Waited::TimedOut => return Ok(false),
         }
     }

@@ -13,6 +13,10 @@
 //! the watched path below on Linux, deadline or not: the watch also reports
 //! the file losing a name (`IN_ATTRIB`, `IN_DELETE_SELF`), and the wait then
 //! ends with [`Waited::Unnamed`], for the caller to open the path again.
+//! For the same reason such a wait also ends, with [`Waited::OnlyShared`],
+//! when its holder is gone but readers keep shared locks on the file (a
+//! crashed instance's file keeps its name): the exclusive lock would wait
+//! for them, while the caller may replace a file only readers hold.
 //!
 //! A blocking `flock` cannot be given a deadline. On Linux a wait with one
 //! therefore never blocks in `flock`: it watches the file with inotify and
@@ -65,6 +69,10 @@ pub(crate) enum Waited {
     /// The file no longer is the one its path names (the check the caller
     /// gave said so after a wake-up): nothing was locked.
     Unnamed,
+    /// Nobody holds the file exclusively any more, but readers hold shared
+    /// locks on it (a wait given a check of the name only): nothing was
+    /// locked, and the caller may replace the file.
+    OnlyShared,
 }
 
 /// Whether the waited-on file is still the one its path names.
@@ -97,6 +105,7 @@ fn lock(
         match notified::lock_until(file.as_fd(), operation, None, notified::MAX_SLEEP, named)? {
             notified::Outcome::Acquired => return Ok(Waited::Acquired(file)),
             notified::Outcome::Unnamed => return Ok(Waited::Unnamed),
+            notified::Outcome::OnlyShared => return Ok(Waited::OnlyShared),
             // No deadline: not reached.
             notified::Outcome::TimedOut | notified::Outcome::Unavailable => {}
         }
@@ -125,6 +134,7 @@ fn lock(
         notified::Outcome::Acquired => return Ok(Waited::Acquired(file)),
         notified::Outcome::TimedOut => return Ok(Waited::TimedOut),
         notified::Outcome::Unnamed => return Ok(Waited::Unnamed),
+        notified::Outcome::OnlyShared => return Ok(Waited::OnlyShared),
         notified::Outcome::Unavailable => {}
     }
     helper::lock_until(file, operation, deadline)
@@ -136,7 +146,7 @@ mod notified {
     use std::time::{Duration, Instant};
 
     use nix::errno::Errno;
-    use nix::libc::LOCK_NB;
+    use nix::libc::{LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN};
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
     use crate::sys::{CloseWatch, flock};
@@ -155,6 +165,9 @@ mod notified {
         TimedOut,
         /// The caller's check says the file lost its name.
         Unnamed,
+        /// Only shared locks are left on the file (asked with a check of
+        /// the name only); nothing is locked.
+        OnlyShared,
         /// No close watch could be had; nothing was locked, and the caller
         /// falls back to the helper thread for the rest of the wait.
         Unavailable,
@@ -163,7 +176,8 @@ mod notified {
     /// Tries to lock `file` until `deadline` (or for as long as it takes),
     /// sleeping between attempts until the file reports a close, or for
     /// `max_sleep` at most; after each wake-up, `named` (if given) is asked
-    /// whether the file still has its name.
+    /// whether the file still has its name, and a failed exclusive attempt
+    /// is followed by a shared one, to tell readers from a holder.
     pub(super) fn lock_until(
         file: BorrowedFd<'_>,
         operation: i32,
@@ -184,6 +198,9 @@ mod notified {
             if named.is_some_and(|named| !named()) {
                 return Ok(Outcome::Unnamed);
             }
+            if named.is_some() && operation == LOCK_EX && only_shared(file)? {
+                return Ok(Outcome::OnlyShared);
+            }
             let now = Instant::now();
             let left = match deadline {
                 Some(deadline) if now >= deadline => return Ok(Outcome::TimedOut),
@@ -203,6 +220,16 @@ mod notified {
                 Err(Errno::EINTR) => {}
                 Err(_) => return Ok(Outcome::Unavailable),
             }
+        }
+    }
+
+    /// Whether a shared lock can be had on `file` (so nobody holds it
+    /// exclusively); the lock is given back at once.
+    fn only_shared(file: BorrowedFd<'_>) -> nix::Result<bool> {
+        match flock(file, LOCK_SH | LOCK_NB) {
+            Ok(()) => flock(file, LOCK_UN).map(|()| true),
+            Err(Errno::EWOULDBLOCK | Errno::EINTR) => Ok(false),
+            Err(errno) => Err(errno),
         }
     }
 
@@ -375,13 +402,13 @@ mod tests {
     #[derive(Clone, Copy, Debug)]
     enum Via {
         Public,
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", not(pidlock_portable)))]
         EventsOnly,
     }
 
     const VIAS: &[Via] = &[
         Via::Public,
-        #[cfg(target_os = "linux")]
+        #[cfg(all(target_os = "linux", not(pidlock_portable)))]
         Via::EventsOnly,
     ];
 
@@ -391,7 +418,7 @@ mod tests {
                 locked(lock_exclusive(file, Some(deadline), None))
             }
             Via::Public => locked(lock_shared(file, Some(deadline))),
-            #[cfg(target_os = "linux")]
+            #[cfg(all(target_os = "linux", not(pidlock_portable)))]
             Via::EventsOnly => matches!(
                 notified::lock_until(
                     file.as_fd(),
@@ -426,6 +453,10 @@ mod tests {
     /// counted in a child process that runs this test alone, since the test
     /// harness runs other tests on threads of its own meanwhile.
     #[test]
+    #[cfg_attr(
+        any(not(target_os = "linux"), pidlock_portable),
+        ignore = "Linux only: the portable layer's timed wait leaves its helper thread blocked until the holder lets go"
+    )]
     fn timed_out_wait_leaves_no_thread_behind() {
         if std::env::var_os(PROBE).is_none() {
             let module = module_path!()
@@ -536,7 +567,7 @@ mod tests {
     /// out, while the lock is still held: a reader that takes a shared lock
     /// on the removed inode then cannot keep it waiting (a blocking `flock`
     /// could wait behind that reader forever). With a deadline or without.
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", not(pidlock_portable)))]
     #[test]
     fn a_wait_that_checks_the_name_ends_when_the_file_is_removed() {
         let dir = tempfile::tempdir().expect("make a temporary directory");
