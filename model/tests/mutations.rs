@@ -4,7 +4,7 @@
 //! holds with the safeguard in. Several put back the code as it was before
 //! the fixes of what the model found in it (`replace_unfrozen`,
 //! `leave_forgets`, `failed_pipe_alone`, `vanished_swap_fails`,
-//! `wait_ignores_name`).
+//! `wait_ignores_name`, `wait_ignores_readers`).
 
 use pidlock_model::checking::until;
 use pidlock_model::one_host::{Config, Mutations, OneHost, Policy, names, render::render};
@@ -312,22 +312,48 @@ fn a_swap_that_fails_on_a_vanished_path_fails_the_start() {
     );
 }
 
-/// A waiting start that does not notice its file losing its name (the
-/// code before the model's findings): the instance removes its file as it
-/// leaves, a reader that opened it before takes a shared lock on the
-/// removed inode, and the standby waits behind the reader for as long as
-/// the reader likes, while the path is free.
+/// A waiting start that does not notice its file losing its name, and
+/// has no shared probe either (the code before the model's findings): the
+/// instance removes its file as it leaves, a reader that opened it before
+/// takes a shared lock on the removed inode, and the standby waits behind
+/// the reader for as long as the reader likes, while the path is free.
+/// With the shared probe in, the probe alone ends this wait too (the
+/// reader holds the removed file shared): without the name check alone,
+/// no configuration breaks a property.
 #[test]
 fn a_wait_blind_to_the_name_is_blocked_by_a_reader_of_the_removed_file() {
     let trace = counterexample(
         Config::standby_and_reader(),
         Mutations {
             wait_ignores_name: true,
+            wait_ignores_readers: true,
             ..Mutations::default()
         },
         names::READERS_NEVER_BLOCK,
     );
     assert!(trace.contains("unlinkat(path) removes file A"), "{trace}");
     assert!(trace.contains("I2 (pid 2): WaitLock"), "{trace}");
+    assert!(trace.contains("is stuck at WaitLock"), "{trace}");
+}
+
+/// A waiting start that tries only the exclusive lock and the name (the
+/// code before the model's findings): the instance it waits for is killed,
+/// so its file keeps its name, and a reader takes a shared lock on it
+/// before the standby's next try. The standby waits for as long as the
+/// reader likes, though only a reader holds the file, which a start with
+/// `on_conflict = "exit"` would replace at once.
+#[test]
+fn a_wait_blind_to_readers_is_blocked_by_a_reader_of_a_killed_instances_file() {
+    let trace = counterexample(
+        Config::standby_and_reader(),
+        Mutations {
+            wait_ignores_readers: true,
+            ..Mutations::default()
+        },
+        names::READERS_NEVER_BLOCK,
+    );
+    assert!(trace.contains("waits for the lock"), "{trace}");
+    assert!(trace.contains("is killed (SIGKILL)"), "{trace}");
+    assert!(trace.contains("(shared lock)"), "{trace}");
     assert!(trace.contains("is stuck at WaitLock"), "{trace}");
 }

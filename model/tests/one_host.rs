@@ -106,7 +106,7 @@ fn an_exclusive_reader_and_two_starts() {
 /// names and keeps it: the wait notices its file losing its name.
 #[test]
 fn a_waiting_standby_and_a_shared_reader() {
-    assert_holds(Config::standby_and_reader(), "standby and reader", 1_100);
+    assert_holds(Config::standby_and_reader(), "standby and reader", 1_800);
 }
 
 /// The known limit the README states: once someone removes the file from

@@ -69,6 +69,11 @@ pub struct Mutations {
     /// A waiting start blocks in `flock(LOCK_EX)` without noticing that the
     /// file it waits on lost its name.
     pub wait_ignores_name: bool,
+    /// A waiting start tries only the exclusive lock and the name, without
+    /// the shared probe after them: readers of a killed instance's file,
+    /// which keeps its name, keep it waiting (the code before the model's
+    /// findings).
+    pub wait_ignores_readers: bool,
     /// `stop` and takeover SIGKILL whoever holds the inode when their
     /// timeout runs out, not the pins that still hold it.
     pub kill_current_holders: bool,
@@ -283,21 +288,23 @@ impl Config {
     }
 
     /// A standby that waits (`on_conflict = "wait"`) behind an instance
-    /// that may return or exit, and a reader that takes a shared lock on
-    /// whatever file the path names, when it likes, and keeps it. Nobody is
-    /// killed: a reader that locks the file of an instance killed while a
-    /// standby waits on it keeps the standby waiting (`as_written.rs`).
+    /// that may return, exit or be killed, and a reader that takes a shared
+    /// lock on whatever file the path names, when it likes, and keeps it.
+    /// A killed instance's file keeps its name: the standby's wait sees
+    /// that only readers are left and looks again, to replace it.
     pub fn standby_and_reader() -> Self {
         Self {
             instances: vec![Policy::Exit, Policy::Wait],
+            crash: true,
             reader_locks: vec![Lock::Shared],
             initial_files: vec![Some(Contents::Pid(STALE_PID))],
-            // A start that gave up on its turn left the turn file, and the
-            // reader holds the stale file: openat(O_EXCL), fstatat, openat,
-            // flock, the shared probe (frozen), the turn's openat, its flock
-            // (+ fstatat(path) + the temporary), renameat2, the turn over,
-            // fstatat, pwrite.
-            solo_bound: 11,
+            // A standby woken with only the reader left on the killed
+            // instance's file: the wait's flocks (the shared probe
+            // granted), flock(LOCK_UN) and close; openat(O_EXCL), fstatat,
+            // openat, flock, the shared probe (frozen), the turn's openat,
+            // its flock (+ fstatat(path) + the temporary), renameat2, the
+            // turn over, fstatat, pwrite.
+            solo_bound: 13,
             ..Self::none()
         }
     }

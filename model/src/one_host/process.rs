@@ -83,8 +83,15 @@ pub enum Pc {
         /// How many of `busy`'s retries are done.
         tries: u8,
     },
-    /// A blocking `flock(LOCK_EX)` (`waiting::lock_exclusive`).
+    /// A wait for the exclusive lock (`waiting::lock_exclusive`, given a
+    /// check of the name): each wake-up tries `flock(LOCK_EX | LOCK_NB)`,
+    /// asks whether the path still names the file, then tries
+    /// `flock(LOCK_SH | LOCK_NB)` (only readers left?).
     WaitLock,
+    /// The wait's shared probe was granted (nobody holds the file
+    /// exclusively): `flock(LOCK_UN)`, then `Waited::OnlyShared`, the file
+    /// closes and the lock loop opens the path again.
+    WaitUnlock,
     /// The post-lock `fstatat`: does the path still name what we locked?
     Verify,
     /// The `close` at `continue` after a stale lock.
@@ -196,6 +203,7 @@ impl Pc {
                 | Self::Busy { .. }
                 | Self::BusyFlock { .. }
                 | Self::WaitLock
+                | Self::WaitUnlock
                 | Self::Verify
                 | Self::CloseRetry
                 | Self::TurnOpen

@@ -61,6 +61,9 @@ pub mod names {
     pub const PINNED: &str = "a start reports a file a reader holds exclusively (Pinned)";
     /// `sometimes`: a wait notices its file removed.
     pub const UNNAMED: &str = "a waiting start finds its file removed and opens the path again";
+    /// `sometimes`: a wait finds only readers left.
+    pub const ONLY_SHARED: &str =
+        "a waiting start finds only readers' shared locks on its file and looks again";
     /// `sometimes`: a reader's exclusive lock is reached.
     pub const READER_HOLDS_EXCLUSIVE: &str = "a reader holds the file exclusively";
     /// `sometimes`: PID reuse reaches the file's PID.
@@ -103,6 +106,13 @@ pub(crate) fn all(config: &Config) -> Vec<Property<OneHost>> {
                             && !s.kernel.can_lock(fd, Lock::Exclusive)
                     })
             })
+        }));
+    }
+    if config.instances.contains(&super::Policy::Wait)
+        && config.reader_locks.contains(&Lock::Shared)
+    {
+        properties.push(Property::sometimes(ONLY_SHARED, |_, s: &State| {
+            s.procs.iter().any(|p| p.pc == Pc::WaitUnlock)
         }));
     }
     if config.instances.len() > 1 {

@@ -432,10 +432,14 @@ fn next_line(model: &OneHost, before: &State, slot: usize, after: &State, f: &st
             )
         }
         Pc::WaitLock if now.pc == Pc::Verify => format!("the wait on {f} ends: locked"),
+        Pc::WaitLock if now.pc == Pc::WaitUnlock => format!(
+            "the wait on {f}: flock(LOCK_EX|LOCK_NB) -> EWOULDBLOCK, the path still names it, flock(LOCK_SH|LOCK_NB): granted, only readers left"
+        ),
         Pc::WaitLock => format!(
             "the wait on {f}: flock -> EWOULDBLOCK, and the path names {}: closes it, start again",
             named(before)
         ),
+        Pc::WaitUnlock => format!("flock(LOCK_UN) on {f}, closes it: start again"),
         Pc::Verify => match now.pc {
             Pc::Write if before.kernel.entry == proc.fd.map(|d| before.kernel.inode_of(d)) => {
                 format!(

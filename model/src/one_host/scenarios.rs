@@ -183,7 +183,11 @@ fn next_calls(slot: usize, before: &State, after: &State) -> Vec<&'static str> {
         // The file lost its name: the wait's `still_named` (an lstat of the
         // absolute path, not through the directory's descriptor), then the
         // lock loop closes the file.
-        Pc::WaitLock => vec![FLOCK, CLOSE],
+        Pc::WaitLock if then == Pc::Open => vec![FLOCK, CLOSE],
+        // Still named: the shared probe after the failed exclusive try.
+        Pc::WaitLock => vec![FLOCK, FLOCK],
+        // only_shared's LOCK_UN, then the lock loop closes the file.
+        Pc::WaitUnlock => vec![FLOCK, CLOSE],
         // file_pid's fstat (and pread, not traced) before the holders.
         Pc::Busy { .. } => vec![FSTAT],
         Pc::CloseRetry | Pc::Refuse | Pc::Close | Pc::StopClose => vec![CLOSE],

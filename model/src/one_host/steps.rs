@@ -74,8 +74,8 @@ impl OneHost {
                 }
             }
             // A wait returns once the lock is free; a start's wait also
-            // once the file it waits on lost its name (the turn's does not
-            // ask).
+            // once the file it waits on lost its name, or once nobody but
+            // readers holds it (the turn's wait asks neither).
             Pc::WaitLock | Pc::TurnLock => {
                 let fd = if proc.pc == Pc::WaitLock {
                     proc.fd
@@ -83,10 +83,11 @@ impl OneHost {
                     proc.turn
                 };
                 let fd = fd.expect("waiting on a descriptor");
-                let unnamed = proc.pc == Pc::WaitLock
-                    && !self.config.mutations.wait_ignores_name
-                    && state.kernel.entry != Some(state.kernel.inode_of(fd));
-                if state.kernel.can_lock(fd, Lock::Exclusive) || unnamed {
+                let wakes = state.kernel.can_lock(fd, Lock::Exclusive)
+                    || proc.pc == Pc::WaitLock
+                        && (self.wait_sees_unnamed(state, fd)
+                            || self.wait_sees_only_readers(state, fd));
+                if wakes {
                     steps.push(Step::Next);
                 }
                 steps.push(Step::GiveUp);
@@ -248,24 +249,40 @@ impl OneHost {
                 }
             }
             Pc::WaitLock => {
-                // waiting::lock_exclusive: each wake-up tries
-                // flock(LOCK_EX | LOCK_NB), then asks `still_named` (an
-                // lstat of the path). Acquired: the resolver's
-                // Next::Acquired resets `replaced` (a wait is not a
-                // replacement). Unnamed: Next::Retry, the file closes and
-                // the lock loop opens the path again (`continue`, with no
-                // count).
+                // waiting::lock_exclusive (notified::lock_until): each
+                // wake-up tries flock(LOCK_EX | LOCK_NB), then asks
+                // `still_named` (an lstat of the path), then tries
+                // flock(LOCK_SH | LOCK_NB). The three calls are one step:
+                // a wake-up that finds none of them answering sleeps again,
+                // which changes nothing (the step is enabled only when one
+                // answers). Acquired: the resolver's Next::Acquired resets
+                // `replaced` (a wait is not a replacement). Unnamed:
+                // Next::Retry, the file closes and the lock loop opens the
+                // path again (`continue`, with no count). The shared probe
+                // granted: it is given back next (WaitUnlock).
                 let fd = proc.fd.expect("waiting on a descriptor");
                 if state.kernel.can_lock(fd, Lock::Exclusive) {
                     state.kernel.lock(fd, Lock::Exclusive, proc.pid);
                     let proc = &mut state.procs[slot];
                     proc.replaced = 0;
                     proc.pc = Pc::Verify;
-                } else {
+                } else if self.wait_sees_unnamed(state, fd) {
                     let proc = &mut state.procs[slot];
                     proc.fd = None;
                     proc.pc = Pc::Open;
+                } else {
+                    state.kernel.lock(fd, Lock::Shared, proc.pid);
+                    state.procs[slot].pc = Pc::WaitUnlock;
                 }
+            }
+            Pc::WaitUnlock => {
+                // only_shared: flock(LOCK_UN); the wait ends with
+                // Waited::OnlyShared, which the resolver makes Next::Retry:
+                // the file closes and the lock loop opens the path again
+                // (`continue`, with no count), to replace the file.
+                let proc = &mut state.procs[slot];
+                proc.fd = None;
+                proc.pc = Pc::Open;
             }
             Pc::Verify => self.verify(state, slot),
             Pc::CloseRetry => {
@@ -434,6 +451,20 @@ impl OneHost {
                 unreachable!("no Next step at {:?}", proc.pc)
             }
         }
+    }
+
+    /// A wake-up of a start's wait: `still_named` says the path no longer
+    /// names the file `fd` is of (mutated: never asked).
+    pub(crate) fn wait_sees_unnamed(&self, state: &State, fd: u8) -> bool {
+        !self.config.mutations.wait_ignores_name
+            && state.kernel.entry != Some(state.kernel.inode_of(fd))
+    }
+
+    /// A wake-up of a start's wait, the file still named: `only_shared`'s
+    /// flock(LOCK_SH | LOCK_NB) would be granted, nobody holding the file
+    /// exclusively (mutated: never tried).
+    pub(crate) fn wait_sees_only_readers(&self, state: &State, fd: u8) -> bool {
+        !self.config.mutations.wait_ignores_readers && state.kernel.can_lock(fd, Lock::Shared)
     }
 
     /// `Owner::is_current`: the PID and the fork generation (mutated: the
