@@ -82,6 +82,10 @@ fn container_init(unshare: u32) -> i32 {
 // --- A holder in a container, seen from the host -------------------------
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn a_container_holder_is_named_by_its_host_pid_and_stopped_by_it() {
     require_root!();
     let case = Case::new();
@@ -141,6 +145,10 @@ fn a_container_holder_is_named_by_its_host_pid_and_stopped_by_it() {
 // --- A holder on the host, seen from a container -------------------------
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn from_a_container_a_host_holder_is_a_conflict_without_a_pid_to_kill() {
     require_root!();
     let case = Case::new();
@@ -200,6 +208,10 @@ fn as_nobody(case: &Case, exe: &Path, args: &[&str]) -> Command {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn another_users_instance_is_a_conflict_naming_the_owner_not_permission_denied() {
     require_root!();
     let case = Case::new();
@@ -237,6 +249,10 @@ fn another_users_instance_is_a_conflict_naming_the_owner_not_permission_denied()
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn root_sees_nobodys_instance_verified_and_names_its_owner() {
     require_root!();
     let case = Case::new();
@@ -485,6 +501,10 @@ mod env_logger {
     }
 
     #[test]
+    #[cfg_attr(
+        pidlock_portable,
+        ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+    )]
     fn with_env_logger_a_conflict_is_reported_once() {
         let case = Case::new();
         let first = start(case.command(LOGGED, &["hold"]));
@@ -549,6 +569,10 @@ fn pidlock_log_warn_still_shows_the_stale_warning() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn pidlock_log_error_still_reports_a_conflict() {
     let case = Case::new();
     let first = start(case.holder(&["hold"]));
@@ -603,6 +627,10 @@ fn pidlock_log_info_wins_over_log_warn_in_the_attribute() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn log_warn_in_the_attribute_still_reports_a_conflict() {
     let case = Case::new();
     let first = start(case.command(QUIET, &["hold"]));

@@ -76,6 +76,10 @@ fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn wait_takes_over_as_soon_as_the_holder_exits() {
     let case = Case::new();
     let holder = case.running("hold");
@@ -100,6 +104,10 @@ fn wait_takes_over_as_soon_as_the_holder_exits() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn wait_with_a_timeout_gives_up_with_the_exit_code_and_message() {
     let case = Case::new();
     let holder = case.running("hold");
@@ -127,6 +135,10 @@ fn wait_with_a_timeout_gives_up_with_the_exit_code_and_message() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn takeover_sends_sigterm_and_runs_once_the_holder_exited() {
     let case = Case::new();
     let holder = case.running("hold");
@@ -142,6 +154,10 @@ fn takeover_sends_sigterm_and_runs_once_the_holder_exited() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn takeover_kills_a_holder_that_ignores_sigterm_after_the_timeout() {
     let case = Case::new();
     let holder = case.running("ignore-sigterm");
@@ -197,6 +213,10 @@ fn takeover_never_signals_a_pid_read_from_an_unlocked_file() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn takeover_signals_the_kernels_holder_not_the_pid_in_the_file() {
     let case = Case::new();
     let holder = case.running("hold");
@@ -211,6 +231,10 @@ fn takeover_signals_the_kernels_holder_not_the_pid_in_the_file() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn restart_keeps_the_lock_and_the_pid_across_twenty_execs() {
     const RESTARTS: usize = 20;
     let case = Case::new();

@@ -472,16 +472,28 @@ fn forked_worker_leaves_the_lock_alone(mode: &str, worker_end: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn a_forked_worker_calling_process_exit_does_not_release_the_parents_lock() {
     forked_worker_leaves_the_lock_alone("fork-exit", "exited 0");
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn a_forked_worker_returning_from_main_does_not_release_the_parents_lock() {
     forked_worker_leaves_the_lock_alone("fork-return", "exited 0");
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn a_forked_worker_killed_by_sigterm_does_not_release_the_parents_lock() {
     forked_worker_leaves_the_lock_alone("fork-sigterm", "killed by SIGTERM");
 }
@@ -490,6 +502,10 @@ fn a_forked_worker_killed_by_sigterm_does_not_release_the_parents_lock() {
 // 2. The daemon pattern.
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn a_daemonized_child_becomes_the_owner_names_itself_and_releases_on_sigterm() {
     // The daemon is orphaned when the original process exits: become its
     // parent, so that it is reaped and its end can be checked.
@@ -798,6 +814,10 @@ fn takeover_signals_only_the_true_holder(
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn takeover_never_signals_a_process_that_reused_a_dead_lockers_pid() {
     let _steering = steering();
     let case = Case::new();
@@ -807,6 +827,10 @@ fn takeover_never_signals_a_process_that_reused_a_dead_lockers_pid() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn takeover_signals_the_true_holder_and_returns_promptly_when_the_locker_is_dead() {
     let _steering = steering();
     let case = Case::new();
@@ -847,6 +871,10 @@ fn stop_stops_only_the_true_holder(case: &Case, holder: &mut LockHolder, victim:
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn stop_never_signals_a_process_that_reused_a_dead_lockers_pid() {
     let _steering = steering();
     let case = Case::new();
@@ -856,6 +884,10 @@ fn stop_never_signals_a_process_that_reused_a_dead_lockers_pid() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn stop_stops_the_true_holder_when_the_locker_is_dead() {
     let _steering = steering();
     let case = Case::new();
@@ -874,6 +906,10 @@ fn status_names(case: &Case, holder: &LockHolder) {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn status_names_the_true_holder_not_a_process_that_reused_a_dead_lockers_pid() {
     let _steering = steering();
     let case = Case::new();
@@ -883,6 +919,10 @@ fn status_names_the_true_holder_not_a_process_that_reused_a_dead_lockers_pid() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn status_names_the_true_holder_when_the_locker_is_dead() {
     let _steering = steering();
     let case = Case::new();

@@ -17,6 +17,10 @@ const LIBRARY: &str = env!("CARGO_BIN_EXE_fixture-library");
 /// forks, and lets go; it must then fail to take the lock again, with the
 /// child named as the holder, and the lock is free once the child is gone.
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn pidfile_inherited_as_freebsd_tests_it() {
     let case = Case::new();
     let output = case
@@ -79,16 +83,28 @@ fn owner_leaves_while_a_worker_holds(how: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn an_owner_returning_from_main_leaves_the_file_to_its_worker() {
     owner_leaves_while_a_worker_holds("return");
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn an_owner_calling_exit_leaves_the_file_to_its_worker() {
     owner_leaves_while_a_worker_holds("exit");
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn an_owner_killed_by_sigterm_leaves_the_file_to_its_worker() {
     owner_leaves_while_a_worker_holds("signal");
 }
@@ -96,6 +112,10 @@ fn an_owner_killed_by_sigterm_leaves_the_file_to_its_worker() {
 /// After a normal release the file names the worker that carries on, so
 /// that `cat` and `kill` reach a process that holds the lock.
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn a_release_while_a_worker_holds_writes_the_workers_pid() {
     let case = Case::new();
     // The worker inherits stderr too: a pipe would stay open while it

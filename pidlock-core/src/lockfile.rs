@@ -459,6 +459,30 @@ fn busy(file: OwnedFd, stat: &FileStat, path: &Path) -> Busy {
     let mut looked_everywhere = false;
     loop {
         match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_SH | nix::libc::LOCK_NB)) {
+            // Where a file cannot be replaced (see `crate::replace`), a
+            // file frozen only for a moment (its holder let go between our
+            // two attempts, or an observer is probing it) is locked once
+            // free; readers that stay are reported after the patience.
+            // (Converting the shared lock gives it up first: the file is no
+            // longer frozen after a failed attempt, which only a
+            // replacement would need.)
+            Ok(()) if !sys::VERIFIES_HOLDERS => {
+                match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)) {
+                    Ok(()) => return Busy::Acquired(file),
+                    Err(Errno::EWOULDBLOCK) if !started.exceeded(UNVERIFIED_PATIENCE) => {
+                        std::thread::sleep(UNVERIFIED_PAUSE);
+                        continue;
+                    }
+                    Err(Errno::EWOULDBLOCK) => {
+                        return Busy::Pinned(Pinned {
+                            frozen: file,
+                            stat: *stat,
+                            readers: Vec::new(),
+                        });
+                    }
+                    Err(errno) => return Busy::Held(file, Error::io(path, "lock", errno)),
+                }
+            }
             Ok(()) => {
                 // Named for the warning: neither this process's own shared
                 // lock nor those of other starts of this program that are

@@ -25,6 +25,10 @@ fn pidlock(args: &[&str], path: &Path) -> (Output, String, String) {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn status_of_a_running_holder_exits_0_with_pid_command_and_start_time() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
@@ -85,6 +89,10 @@ fn status_of_a_symlink_is_an_error_exit_4() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn stop_sends_sigterm_to_the_holder_and_waits_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
@@ -99,6 +107,10 @@ fn stop_sends_sigterm_to_the_holder_and_waits_for_it() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn stop_with_signal_int_sends_sigint_for_ctrl_c_only_programs() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
@@ -112,6 +124,10 @@ fn stop_with_signal_int_sends_sigint_for_ctrl_c_only_programs() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn stop_of_a_holder_ignoring_sigterm_fails_without_kill() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
@@ -134,6 +150,10 @@ fn stop_of_a_holder_ignoring_sigterm_fails_without_kill() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn stop_with_kill_kills_a_holder_ignoring_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
@@ -217,6 +237,10 @@ fn someone_waits_for(path: &Path) -> bool {
 /// for the lock takes it on the same inode, and `stop --kill` reports the
 /// holder stopped and the standby as the holder now, never signalling it.
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn stop_reports_the_standby_that_took_over_and_never_signals_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
@@ -248,6 +272,10 @@ fn stop_reports_the_standby_that_took_over_and_never_signals_it() {
 /// A file nobody runs under, held open with a shared lock by a reader: not
 /// running (LSB 1), and the reader is named as what it is.
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn status_names_a_reader_as_a_reader() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");

@@ -115,6 +115,10 @@ fn missing_parent_directories_are_created() {
 
 #[cfg(target_os = "linux")]
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn an_existing_instance_is_reported_with_its_verified_pid() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
@@ -145,6 +149,10 @@ fn an_existing_instance_is_reported_with_its_verified_pid() {
 
 #[cfg(target_os = "linux")]
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn the_holder_is_named_by_the_kernel_not_by_the_files_claim() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
@@ -252,6 +260,10 @@ fn release_leaves_another_processs_file_alone() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn releasing_twice_is_a_no_op() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
@@ -350,6 +362,10 @@ fn status_reports_not_running_running_and_stale() {
 
 #[cfg(target_os = "linux")]
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn status_names_the_kernel_lock_owner_not_the_files_claim() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");
@@ -366,6 +382,10 @@ fn status_names_the_kernel_lock_owner_not_the_files_claim() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn acquire_timeout_gives_up_with_timed_out_naming_the_holder() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app.pid");

@@ -337,6 +337,10 @@ fn conflict(path: &Path, holder: Pid, sharing: Option<Pid>) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn a_second_run_is_refused_before_its_command_starts_naming_the_command() {
     let case = Case::new();
     let first = Running::start(case.bot(&[], "A", "die"));
@@ -477,6 +481,10 @@ fn a_command_that_cannot_start_is_127_or_126_and_named() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn status_names_the_command_and_stop_ends_it_and_frees_the_lock() {
     let case = Case::new();
     let run = Running::start(case.bot(&[], "A", "die"));
@@ -531,6 +539,10 @@ fn status_names_the_command_and_stop_ends_it_and_frees_the_lock() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn a_command_that_ignores_sigterm_is_killed_by_stop_kill_and_the_lock_is_free() {
     let case = Case::new();
     let run = Running::start(case.bot(&[], "A", "ignore-term"));
@@ -777,6 +789,10 @@ fn a_terminal_hang_up_reaches_the_command_through_run_leading_the_session() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn wait_hands_over_when_the_running_command_ends() {
     let case = Case::new();
     let (first, first_stdin) = Running::start_with_stdin(case.bot(&[], "A", "stdin"));
@@ -821,6 +837,10 @@ fn wait_hands_over_when_the_running_command_ends() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn takeover_stops_the_running_command_then_runs_its_own() {
     let case = Case::new();
     let first = Running::start(case.bot(&[], "A", "record"));
@@ -849,6 +869,10 @@ fn takeover_stops_the_running_command_then_runs_its_own() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn takeover_kills_a_command_that_ignores_sigterm() {
     let case = Case::new();
     let first = Running::start(case.bot(&[], "A", "ignore-term"));
@@ -868,6 +892,10 @@ fn takeover_kills_a_command_that_ignores_sigterm() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn sigkill_of_run_leaves_the_lock_with_its_running_command() {
     let case = Case::new();
     let mut run = Running::start(case.bot(&[], "A", "die"));
@@ -909,6 +937,10 @@ fn sigkill_of_run_leaves_the_lock_with_its_running_command() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn a_daemon_the_command_leaves_behind_keeps_the_lock_and_the_file() {
     let case = Case::new();
     let finished = Running::start(case.job(&[], "daemon")).finish();
@@ -970,6 +1002,10 @@ impl Manager {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn notify_ready_says_ready_once_the_lock_is_held_and_the_command_may_notify_too() {
     let case = Case::new();
     let manager = Manager::new();
@@ -1100,6 +1136,10 @@ macro_rules! require_root {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn run_as_pid_1_of_a_pid_namespace_passes_signals_on_and_reaps_orphans() {
     require_root!();
     let case = Case::new();

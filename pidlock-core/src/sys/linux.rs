@@ -407,11 +407,18 @@ fn strongest_lock(pid: Pid, key: &LockKey, buffer: &mut Vec<u8>) -> Option<HeldL
             kind,
             writable: opened_for_writing(buffer),
         };
-        if found.is_none_or(|known| held.outranks(known)) {
+        if found.is_none_or(|known| outranks(held, known)) {
             found = Some(held);
         }
     }
     found
+}
+
+/// Whether `held` says more about the process than `other`: exclusive over
+/// shared, then a writable descriptor over a read-only one.
+fn outranks(held: HeldLock, other: HeldLock) -> bool {
+    let rank = |lock: HeldLock| (lock.kind == LockKind::Exclusive, lock.writable);
+    rank(held) > rank(other)
 }
 
 /// Whether the `flags:` line of an fdinfo text (octal open flags) says the

@@ -29,13 +29,15 @@ use nix::unistd::ftruncate;
 use crate::error::{Error, FileKind, Result};
 use crate::pid::{self, Contents, Pid};
 
-#[cfg(target_os = "linux")]
+// `--cfg pidlock_portable` builds the portable file on Linux too, so CI
+// compiles it and runs the suite against it (README, *Tests*).
+#[cfg(all(target_os = "linux", not(pidlock_portable)))]
 mod linux;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(pidlock_portable)))]
 use linux as platform;
-#[cfg(not(target_os = "linux"))]
+#[cfg(any(not(target_os = "linux"), pidlock_portable))]
 mod other;
-#[cfg(not(target_os = "linux"))]
+#[cfg(any(not(target_os = "linux"), pidlock_portable))]
 use other as platform;
 
 pub(crate) use platform::{
@@ -62,15 +64,6 @@ pub(crate) struct HeldLock {
     /// instance always opens its PID file so; `flock(1)` and readers open it
     /// read-only.
     pub(crate) writable: bool,
-}
-
-impl HeldLock {
-    /// Whether `self` says more about the process than `other`: exclusive
-    /// over shared, then a writable descriptor over a read-only one.
-    pub(crate) fn outranks(self, other: Self) -> bool {
-        let rank = |held: Self| (held.kind == LockKind::Exclusive, held.writable);
-        rank(self) > rank(other)
-    }
 }
 
 /// Which inode a path named when we locked it.

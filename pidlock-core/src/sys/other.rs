@@ -26,9 +26,9 @@ pub(crate) const VERIFIES_HOLDERS: bool = false;
 
 /// `send(2)` flags: a closed peer must not raise SIGPIPE (macOS has no such
 /// flag; its sockets to a supervisor are not in use there).
-#[cfg(target_os = "freebsd")]
+#[cfg(any(target_os = "freebsd", target_os = "linux"))]
 pub(crate) const MSG_NOSIGNAL: nix::libc::c_int = nix::libc::MSG_NOSIGNAL;
-#[cfg(not(target_os = "freebsd"))]
+#[cfg(not(any(target_os = "freebsd", target_os = "linux")))]
 pub(crate) const MSG_NOSIGNAL: nix::libc::c_int = 0;
 
 /// A pipe for a lock's sharers (see [`crate::signal_context`]): both ends
