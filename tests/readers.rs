@@ -62,9 +62,23 @@ impl Reader {
     }
 
     /// Starts the reader while the lock is taken: it waits in `flock` and
-    /// gets its lock when the instance dies.
+    /// gets its lock when the instance dies. Returns once the kernel lists
+    /// it as waiting for the lock (had it opened the path only after the
+    /// instance removed the file, it would lock a new file of its own).
     fn queue(path: &Path, mode: &str) -> (Self, std::sync::mpsc::Receiver<()>) {
         let mut child = Self::command(path, mode, None).spawn().unwrap();
+        let waiting = format!(" {} ", child.id());
+        let listed = || {
+            std::fs::read_to_string("/proc/locks")
+                .unwrap()
+                .lines()
+                .any(|line| line.contains("-> FLOCK") && line.contains(&waiting))
+        };
+        let since = std::time::Instant::now();
+        while !listed() {
+            assert!(since.elapsed() < DEADLINE, "the reader never queued");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let stdout = child.stdout.take().unwrap();
         let (send, locked) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -180,10 +194,6 @@ fn a_waiting_start_does_not_wait_for_readers() {
 /// inode at that moment (a plain blocking `flock` would wait behind that
 /// reader forever).
 #[test]
-#[cfg_attr(
-    pidlock_portable,
-    ignore = "Linux only: a wait notices its file losing its name through inotify"
-)]
 fn a_waiting_start_is_not_held_up_by_a_reader_of_the_removed_file() {
     let case = Case::new();
     let mut command = case.holder(&["until-stdin-closes"]);

@@ -47,13 +47,17 @@
 //!
 //! Where inotify is not available (elsewhere than Linux; on Linux when the
 //! per-user instance or watch limit is reached, `/proc` is not mounted, or a
-//! sandbox forbids the calls) a timed wait runs the blocking `flock` on a
+//! sandbox forbids the calls), a start's wait (one given a check of the
+//! name) tries again at growing intervals, up to a second apart, looking
+//! around after each attempt as the watched wait does: a blocking `flock`
+//! would wake sooner but could wait behind readers forever. An observer's
+//! wait blocks in `flock`, or with a deadline runs the blocking `flock` on a
 //! helper thread and waits for that thread's answer with a deadline. If the
 //! deadline passes first, the helper is left blocked until the lock is free;
 //! when it then obtains the lock, it finds the wait abandoned and drops its
 //! answer, which closes the descriptor and releases the lock at once.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -101,43 +105,106 @@ fn lock(
     deadline: Option<Instant>,
     named: Option<StillNamed<'_>>,
 ) -> nix::Result<Waited> {
-    if deadline.is_none() && named.is_some() {
-        match notified::lock_until(file.as_fd(), operation, None, notified::MAX_SLEEP, named)? {
-            notified::Outcome::Acquired => return Ok(Waited::Acquired(file)),
-            notified::Outcome::Unnamed => return Ok(Waited::Unnamed),
-            notified::Outcome::OnlyShared => return Ok(Waited::OnlyShared),
-            // No deadline: not reached.
-            notified::Outcome::TimedOut | notified::Outcome::Unavailable => {}
+    let Some(named) = named else {
+        let Some(deadline) = deadline else {
+            retry_eintr(|| flock(file.as_fd(), operation))?;
+            return Ok(Waited::Acquired(file));
+        };
+        if let Some(outcome) = at_once(&file, operation, deadline)? {
+            return Ok(outcome.with(file));
         }
-    }
-    let Some(deadline) = deadline else {
-        retry_eintr(|| flock(file.as_fd(), operation))?;
-        return Ok(Waited::Acquired(file));
+        let watched = notified::lock_until(
+            file.as_fd(),
+            operation,
+            Some(deadline),
+            notified::MAX_SLEEP,
+            None,
+        )?;
+        return match watched {
+            Some(outcome) => Ok(outcome.with(file)),
+            None => helper::lock_until(file, operation, deadline),
+        };
     };
-    // Free already, or no time to wait: answer at once, with no watch and
-    // no thread (observers asking "is it free?" with a zero timeout).
-    match retry_eintr(|| flock(file.as_fd(), operation | nix::libc::LOCK_NB)) {
-        Ok(()) => return Ok(Waited::Acquired(file)),
-        Err(nix::errno::Errno::EWOULDBLOCK) if Instant::now() >= deadline => {
-            return Ok(Waited::TimedOut);
-        }
-        Err(nix::errno::Errno::EWOULDBLOCK) => {}
-        Err(errno) => return Err(errno),
+    if let Some(deadline) = deadline
+        && let Some(outcome) = at_once(&file, operation, deadline)?
+    {
+        return Ok(outcome.with(file));
     }
-    match notified::lock_until(
+    let watched = notified::lock_until(
         file.as_fd(),
         operation,
-        Some(deadline),
+        deadline,
         notified::MAX_SLEEP,
-        named,
-    )? {
-        notified::Outcome::Acquired => return Ok(Waited::Acquired(file)),
-        notified::Outcome::TimedOut => return Ok(Waited::TimedOut),
-        notified::Outcome::Unnamed => return Ok(Waited::Unnamed),
-        notified::Outcome::OnlyShared => return Ok(Waited::OnlyShared),
-        notified::Outcome::Unavailable => {}
+        Some(named),
+    )?;
+    let outcome = match watched {
+        Some(outcome) => outcome,
+        None => polled::lock_until(file.as_fd(), operation, deadline, named)?,
+    };
+    Ok(outcome.with(file))
+}
+
+/// Free already, or no time to wait: answers at once, with no watch and no
+/// thread (observers asking "is it free?" with a zero timeout); `None` if
+/// the wait goes on.
+fn at_once(file: &OwnedFd, operation: i32, deadline: Instant) -> nix::Result<Option<Outcome>> {
+    match retry_eintr(|| flock(file.as_fd(), operation | nix::libc::LOCK_NB)) {
+        Ok(()) => Ok(Some(Outcome::Acquired)),
+        Err(nix::errno::Errno::EWOULDBLOCK) if Instant::now() >= deadline => {
+            Ok(Some(Outcome::TimedOut))
+        }
+        Err(nix::errno::Errno::EWOULDBLOCK) => Ok(None),
+        Err(errno) => Err(errno),
     }
-    helper::lock_until(file, operation, deadline)
+}
+
+/// How a wait ended, before the descriptor is handed back with it.
+enum Outcome {
+    Acquired,
+    TimedOut,
+    /// The caller's check says the file lost its name.
+    Unnamed,
+    /// Only shared locks are left on the file (asked with a check of the
+    /// name only); nothing is locked.
+    OnlyShared,
+}
+
+impl Outcome {
+    fn with(self, file: OwnedFd) -> Waited {
+        match self {
+            Self::Acquired => Waited::Acquired(file),
+            Self::TimedOut => Waited::TimedOut,
+            Self::Unnamed => Waited::Unnamed,
+            Self::OnlyShared => Waited::OnlyShared,
+        }
+    }
+}
+
+/// After a failed exclusive attempt in a wait given a check of the name:
+/// whether the file is still the one the path names, and whether a holder
+/// is left at all, or only readers (whose shared locks would keep an
+/// exclusive wait waiting for as long as they like). `None`: wait on.
+fn look_around(
+    file: BorrowedFd<'_>,
+    operation: i32,
+    named: Option<StillNamed<'_>>,
+) -> nix::Result<Option<Outcome>> {
+    let Some(named) = named else {
+        return Ok(None);
+    };
+    if !named() {
+        return Ok(Some(Outcome::Unnamed));
+    }
+    if operation != nix::libc::LOCK_EX {
+        return Ok(None);
+    }
+    // The shared lock is given back at once: it only tells readers from a
+    // holder.
+    match flock(file, nix::libc::LOCK_SH | nix::libc::LOCK_NB) {
+        Ok(()) => flock(file, nix::libc::LOCK_UN).map(|()| Some(Outcome::OnlyShared)),
+        Err(nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EINTR) => Ok(None),
+        Err(errno) => Err(errno),
+    }
 }
 
 /// The wait woken by close events (inotify on Linux; see [`CloseWatch`]).
@@ -146,9 +213,10 @@ mod notified {
     use std::time::{Duration, Instant};
 
     use nix::errno::Errno;
-    use nix::libc::{LOCK_EX, LOCK_NB, LOCK_SH, LOCK_UN};
+    use nix::libc::LOCK_NB;
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+    use super::{Outcome, StillNamed, look_around};
     use crate::sys::{CloseWatch, flock};
 
     /// The longest sleep between two attempts; see the module docs for the
@@ -160,50 +228,34 @@ mod notified {
     /// (microseconds); it doubles while the lock stays taken.
     const AFTER_EVENT: Duration = Duration::from_micros(200);
 
-    pub(super) enum Outcome {
-        Acquired,
-        TimedOut,
-        /// The caller's check says the file lost its name.
-        Unnamed,
-        /// Only shared locks are left on the file (asked with a check of
-        /// the name only); nothing is locked.
-        OnlyShared,
-        /// No close watch could be had; nothing was locked, and the caller
-        /// falls back to the helper thread for the rest of the wait.
-        Unavailable,
-    }
-
     /// Tries to lock `file` until `deadline` (or for as long as it takes),
     /// sleeping between attempts until the file reports a close, or for
-    /// `max_sleep` at most; after each wake-up, `named` (if given) is asked
-    /// whether the file still has its name, and a failed exclusive attempt
-    /// is followed by a shared one, to tell readers from a holder.
+    /// `max_sleep` at most; after each failed attempt, with `named`, looks
+    /// around ([`look_around`]). `None`: no close watch could be had (then
+    /// nothing was locked, and the caller waits another way).
     pub(super) fn lock_until(
         file: BorrowedFd<'_>,
         operation: i32,
         deadline: Option<Instant>,
         max_sleep: Duration,
-        named: Option<super::StillNamed<'_>>,
-    ) -> nix::Result<Outcome> {
+        named: Option<StillNamed<'_>>,
+    ) -> nix::Result<Option<Outcome>> {
         let Some(watch) = CloseWatch::new(file) else {
-            return Ok(Outcome::Unavailable);
+            return Ok(None);
         };
         let mut sleep = max_sleep;
         loop {
             match flock(file, operation | LOCK_NB) {
-                Ok(()) => return Ok(Outcome::Acquired),
+                Ok(()) => return Ok(Some(Outcome::Acquired)),
                 Err(Errno::EWOULDBLOCK | Errno::EINTR) => {}
                 Err(errno) => return Err(errno),
             }
-            if named.is_some_and(|named| !named()) {
-                return Ok(Outcome::Unnamed);
-            }
-            if named.is_some() && operation == LOCK_EX && only_shared(file)? {
-                return Ok(Outcome::OnlyShared);
+            if let Some(outcome) = look_around(file, operation, named)? {
+                return Ok(Some(outcome));
             }
             let now = Instant::now();
             let left = match deadline {
-                Some(deadline) if now >= deadline => return Ok(Outcome::TimedOut),
+                Some(deadline) if now >= deadline => return Ok(Some(Outcome::TimedOut)),
                 Some(deadline) => deadline - now,
                 None => sleep,
             };
@@ -212,24 +264,14 @@ mod notified {
                 Ok(0) => sleep = sleep.saturating_mul(2).min(max_sleep),
                 Ok(_) => {
                     if watch.drain().is_err() {
-                        return Ok(Outcome::Unavailable);
+                        return Ok(None);
                     }
                     sleep = AFTER_EVENT.min(max_sleep);
                 }
                 // The loop recomputes the time left.
                 Err(Errno::EINTR) => {}
-                Err(_) => return Ok(Outcome::Unavailable),
+                Err(_) => return Ok(None),
             }
-        }
-    }
-
-    /// Whether a shared lock can be had on `file` (so nobody holds it
-    /// exclusively); the lock is given back at once.
-    fn only_shared(file: BorrowedFd<'_>) -> nix::Result<bool> {
-        match flock(file, LOCK_SH | LOCK_NB) {
-            Ok(()) => flock(file, LOCK_UN).map(|()| true),
-            Err(Errno::EWOULDBLOCK | Errno::EINTR) => Ok(false),
-            Err(errno) => Err(errno),
         }
     }
 
@@ -237,6 +279,54 @@ mod notified {
     /// deadline.
     fn poll_timeout(wait: Duration) -> PollTimeout {
         PollTimeout::try_from(wait.as_nanos().div_ceil(1_000_000)).unwrap_or(PollTimeout::MAX)
+    }
+}
+
+/// The wait of a start given a check of the name where no close watch can
+/// be had: attempts at growing intervals, up to [`notified::MAX_SLEEP`]. A
+/// blocking `flock` would be woken sooner, but could not notice the file
+/// losing its name or being left to readers, and would wait behind them
+/// for as long as they like.
+mod polled {
+    use std::os::fd::BorrowedFd;
+    use std::time::{Duration, Instant};
+
+    use nix::errno::Errno;
+    use nix::libc::LOCK_NB;
+
+    use super::{Outcome, StillNamed, look_around, notified::MAX_SLEEP};
+    use crate::sys::flock;
+
+    /// The first interval; it doubles up to [`MAX_SLEEP`].
+    const FIRST_SLEEP: Duration = Duration::from_millis(1);
+
+    pub(super) fn lock_until(
+        file: BorrowedFd<'_>,
+        operation: i32,
+        deadline: Option<Instant>,
+        named: StillNamed<'_>,
+    ) -> nix::Result<Outcome> {
+        let mut sleep = FIRST_SLEEP;
+        loop {
+            match flock(file, operation | LOCK_NB) {
+                Ok(()) => return Ok(Outcome::Acquired),
+                Err(Errno::EWOULDBLOCK | Errno::EINTR) => {}
+                Err(errno) => return Err(errno),
+            }
+            if let Some(outcome) = look_around(file, operation, Some(named))? {
+                return Ok(outcome);
+            }
+            let mut nap = sleep;
+            if let Some(deadline) = deadline {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(Outcome::TimedOut);
+                }
+                nap = nap.min(deadline - now);
+            }
+            std::thread::sleep(nap);
+            sleep = sleep.saturating_mul(2).min(MAX_SLEEP);
+        }
     }
 }
 
@@ -427,7 +517,7 @@ mod tests {
                     Duration::from_secs(3600),
                     None
                 ),
-                Ok(notified::Outcome::Acquired)
+                Ok(Some(Outcome::Acquired))
             ),
         }
     }
