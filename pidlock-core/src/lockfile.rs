@@ -18,7 +18,7 @@ use crate::guard::{PidFileGuard, ResolvedPath};
 use crate::holders::{self, Holders};
 use crate::messages::{self, Level, LogLevel};
 use crate::pid::{Contents, Pid};
-use crate::policy::{ConflictHandler, HandleConflict, Next, OnConflict};
+use crate::policy::{ConflictHandler, HandleConflict, Next, OnConflict, OpenedAt};
 use crate::replace::{self, Pinned, Replaced};
 use crate::restart;
 use crate::signal_context::{self, Sharers};
@@ -319,7 +319,12 @@ fn lock_file(
                         let Some(handle) = handle_conflict else {
                             return Err(conflict);
                         };
-                        match handle(handler, file, Identity::of(&stat), conflict)? {
+                        let at = OpenedAt {
+                            dir: dir.as_fd(),
+                            name,
+                            identity: Identity::of(&stat),
+                        };
+                        match handle(handler, file, at, conflict)? {
                             Next::Acquired(file) => {
                                 // A wait is not a replacement: each hand-over
                                 // may legitimately need one more round. The

@@ -1,17 +1,19 @@
 //! What to do when another instance holds the lock (the attribute's
 //! `on_conflict`): give up, wait for it, or take over from it.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::ffi::CStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use nix::fcntl::AtFlags;
 use nix::sys::signal::Signal;
+use nix::sys::stat::fstatat;
 
 use crate::error::{Error, Holder, Result};
 use crate::holders::{self, Holders};
 use crate::messages::{self, Level, LogLevel};
 use crate::process::Pinned;
-use crate::status::still_named;
 use crate::sys::{self, Identity, LockKey, Stopwatch};
 use crate::systemd;
 use crate::waiting::{self, Waited};
@@ -87,8 +89,6 @@ pub(crate) struct ConflictHandler<'a> {
     /// The instance we signalled (every process sharing its lock, pinned),
     /// with what and when.
     signalled: Option<Signalled>,
-    /// The file the current wait is on: it ends if the path stops naming it.
-    waiting_on: Option<Identity>,
 }
 
 struct Signalled {
@@ -100,7 +100,27 @@ struct Signalled {
 
 /// [`ConflictHandler::handle`], as the lock loop holds it.
 pub(crate) type HandleConflict =
-    fn(&mut ConflictHandler<'_>, OwnedFd, Identity, Error) -> Result<Next>;
+    fn(&mut ConflictHandler<'_>, OwnedFd, OpenedAt<'_>, Error) -> Result<Next>;
+
+/// A file as the lock loop opened it: through this directory descriptor and
+/// name, this inode.
+#[derive(Clone, Copy)]
+pub(crate) struct OpenedAt<'a> {
+    pub(crate) dir: BorrowedFd<'a>,
+    pub(crate) name: &'a CStr,
+    pub(crate) identity: Identity,
+}
+
+impl OpenedAt<'_> {
+    /// Whether the name still names the file, looked up as the lock loop
+    /// looks it up (through the directory descriptor, not the path, whose
+    /// directories may since have been renamed or re-pointed: the loop
+    /// would then open the same file again and wait on it again, at once).
+    fn still_named(&self) -> bool {
+        fstatat(self.dir, self.name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|now| Identity::of(&now) == self.identity && now.st_nlink > 0)
+    }
+}
 
 /// What the lock loop does next.
 pub(crate) enum Next {
@@ -120,7 +140,6 @@ impl<'a> ConflictHandler<'a> {
             started: None,
             announced: false,
             signalled: None,
-            waiting_on: None,
         }
     }
 
@@ -129,12 +148,11 @@ impl<'a> ConflictHandler<'a> {
     pub(crate) fn handle(
         &mut self,
         file: OwnedFd,
-        identity: Identity,
+        at: OpenedAt<'_>,
         conflict: Error,
     ) -> Result<Next> {
         self.started
             .get_or_insert_with(|| self.stopwatch.started_at());
-        self.waiting_on = Some(identity);
         let holder = match &conflict {
             Error::AlreadyRunning { holder, .. } => holder.clone(),
             // Held by this process: waiting or signalling would be a deadlock
@@ -150,7 +168,7 @@ impl<'a> ConflictHandler<'a> {
                 self.announced = true;
                 let deadline = timeout.map(|timeout| self.started() + timeout);
                 if !systemd::is_supervised() {
-                    return self.wait(file, deadline, holder);
+                    return self.wait(file, deadline, holder, at);
                 }
                 // Under a service manager the wait goes in slices, each
                 // announced with more start-up time, so `TimeoutStartSec=`
@@ -163,12 +181,12 @@ impl<'a> ConflictHandler<'a> {
                 let slice_ends = Instant::now() + systemd::EXTEND_EVERY;
                 match deadline {
                     Some(deadline) if deadline <= slice_ends => {
-                        self.wait(file, Some(deadline), holder)
+                        self.wait(file, Some(deadline), holder, at)
                     }
-                    _ => self.wait_then_retry(file, slice_ends, holder),
+                    _ => self.wait_then_retry(file, slice_ends, holder, at),
                 }
             }
-            OnConflict::Takeover { timeout } => self.take_over(file, identity, holder, timeout),
+            OnConflict::Takeover { timeout } => self.take_over(file, at, holder, timeout),
         }
     }
 
@@ -178,13 +196,17 @@ impl<'a> ConflictHandler<'a> {
         self.started.unwrap_or_else(|| self.stopwatch.started_at())
     }
 
-    fn wait(&self, file: OwnedFd, deadline: Option<Instant>, holder: Holder) -> Result<Next> {
+    fn wait(
+        &self,
+        file: OwnedFd,
+        deadline: Option<Instant>,
+        holder: Holder,
+        at: OpenedAt<'_>,
+    ) -> Result<Next> {
         // The holder removes the file on its way out; a reader may then keep
         // the removed inode locked while the path is free: look again.
-        let named = |identity| move || still_named(self.path, identity);
-        let named = self.waiting_on.map(named);
-        let named = named.as_ref().map(|named| named as waiting::StillNamed<'_>);
-        match waiting::lock_exclusive(file, deadline, named) {
+        let named = move || at.still_named();
+        match waiting::lock_exclusive(file, deadline, Some(&named)) {
             Ok(Waited::Acquired(file)) => Ok(Next::Acquired(file)),
             // Gone from the path, or left to readers: the next look
             // replaces it.
@@ -205,8 +227,14 @@ impl<'a> ConflictHandler<'a> {
     }
 
     /// Waits on the lock until `until`; a timeout means "look again".
-    fn wait_then_retry(&self, file: OwnedFd, until: Instant, holder: Holder) -> Result<Next> {
-        match self.wait(file, Some(until), holder) {
+    fn wait_then_retry(
+        &self,
+        file: OwnedFd,
+        until: Instant,
+        holder: Holder,
+        at: OpenedAt<'_>,
+    ) -> Result<Next> {
+        match self.wait(file, Some(until), holder, at) {
             Err(Error::TimedOut { .. }) => Ok(Next::Retry),
             other => other,
         }
@@ -215,7 +243,7 @@ impl<'a> ConflictHandler<'a> {
     fn take_over(
         &mut self,
         file: OwnedFd,
-        identity: Identity,
+        at: OpenedAt<'_>,
         holder: Holder,
         timeout: Duration,
     ) -> Result<Next> {
@@ -232,7 +260,7 @@ impl<'a> ConflictHandler<'a> {
         }
         let signal_error = |errno| Error::io(self.path, "signal the holder of", errno);
         let Some(signalled) = &mut self.signalled else {
-            return self.signal_instance(file, identity, holder, timeout);
+            return self.signal_instance(file, at, holder, timeout);
         };
         // Only the processes pinned when we first signalled, and only while
         // they still hold the lock: a standby that took the lock after them
@@ -251,11 +279,11 @@ impl<'a> ConflictHandler<'a> {
         }
         if signalled.signal == Signal::SIGKILL {
             let until = signalled.at + AFTER_SIGKILL;
-            return self.wait(file, Some(until), holder);
+            return self.wait(file, Some(until), holder, at);
         }
         let grace_ends = signalled.at + timeout;
         if now < grace_ends {
-            return self.wait_then_retry(file, grace_ends, holder);
+            return self.wait_then_retry(file, grace_ends, holder, at);
         }
         if self.log_level.shows(Level::Warning) {
             messages::taking_over(holding[0].pid(), Signal::SIGKILL, timeout);
@@ -266,7 +294,7 @@ impl<'a> ConflictHandler<'a> {
         }
         signalled.signal = Signal::SIGKILL;
         signalled.at = now;
-        self.wait(file, Some(now + AFTER_SIGKILL), holder)
+        self.wait(file, Some(now + AFTER_SIGKILL), holder, at)
     }
 
     /// The first round of a takeover: pins every process of the instance,
@@ -275,7 +303,7 @@ impl<'a> ConflictHandler<'a> {
     fn signal_instance(
         &mut self,
         file: OwnedFd,
-        identity: Identity,
+        at: OpenedAt<'_>,
         holder: Holder,
         timeout: Duration,
     ) -> Result<Next> {
@@ -288,7 +316,7 @@ impl<'a> ConflictHandler<'a> {
         };
         let stat =
             nix::sys::stat::fstat(&file).map_err(|errno| Error::io(self.path, "inspect", errno))?;
-        let key = sys::lock_key(file.as_fd(), identity).ok_or_else(unverified)?;
+        let key = sys::lock_key(file.as_fd(), at.identity).ok_or_else(unverified)?;
         // Every process sharing the lock, for the SIGKILL that may follow.
         let mut instance = vec![main];
         instance.extend(
@@ -312,7 +340,7 @@ impl<'a> ConflictHandler<'a> {
         };
         if !sent {
             // It let go (or died) between our look and our pin: look again.
-            return self.wait_then_retry(file, Instant::now() + RECHECK_AFTER, holder);
+            return self.wait_then_retry(file, Instant::now() + RECHECK_AFTER, holder, at);
         }
         let now = Instant::now();
         self.signalled = Some(Signalled {
@@ -321,6 +349,6 @@ impl<'a> ConflictHandler<'a> {
             signal: Signal::SIGTERM,
             at: now,
         });
-        self.wait_then_retry(file, now + timeout, holder)
+        self.wait_then_retry(file, now + timeout, holder, at)
     }
 }
