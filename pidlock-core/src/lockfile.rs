@@ -313,6 +313,15 @@ fn lock_file(
                                 replaced += 1;
                                 continue;
                             }
+                            Replaced::Unswappable(pinned) => {
+                                match lock_once_readers_pass(pinned, path)? {
+                                    Some(file) => file,
+                                    None => {
+                                        replaced += 1;
+                                        continue;
+                                    }
+                                }
+                            }
                         }
                     }
                     Busy::Held(file, conflict) => {
@@ -464,30 +473,6 @@ fn busy(file: OwnedFd, stat: &FileStat, path: &Path) -> Busy {
     let mut looked_everywhere = false;
     loop {
         match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_SH | nix::libc::LOCK_NB)) {
-            // Where a file cannot be replaced (see `crate::replace`), a
-            // file frozen only for a moment (its holder let go between our
-            // two attempts, or an observer is probing it) is locked once
-            // free; readers that stay are reported after the patience.
-            // (Converting the shared lock gives it up first: the file is no
-            // longer frozen after a failed attempt, which only a
-            // replacement would need.)
-            Ok(()) if !sys::VERIFIES_HOLDERS => {
-                match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)) {
-                    Ok(()) => return Busy::Acquired(file),
-                    Err(Errno::EWOULDBLOCK) if !started.exceeded(UNVERIFIED_PATIENCE) => {
-                        std::thread::sleep(UNVERIFIED_PAUSE);
-                        continue;
-                    }
-                    Err(Errno::EWOULDBLOCK) => {
-                        return Busy::Pinned(Pinned {
-                            frozen: file,
-                            stat: *stat,
-                            readers: Vec::new(),
-                        });
-                    }
-                    Err(errno) => return Busy::Held(file, Error::io(path, "lock", errno)),
-                }
-            }
             Ok(()) => {
                 // Named for the warning: neither this process's own shared
                 // lock nor those of other starts of this program that are
@@ -539,6 +524,43 @@ fn busy(file: OwnedFd, stat: &FileStat, path: &Path) -> Busy {
             let holder = Holders::default().describe(file_pid);
             let path = path.to_owned();
             return Busy::Held(file, Error::AlreadyRunning { path, holder });
+        }
+        std::thread::sleep(UNVERIFIED_PAUSE);
+    }
+}
+
+/// Where a file only readers hold cannot be replaced: gives up this
+/// process's shared lock and tries the exclusive one for a moment, for
+/// readers that are only passing (an observer's probe, another start
+/// freezing the file). `None`: an instance took it meanwhile (look again);
+/// readers that stay are reported.
+fn lock_once_readers_pass(pinned: Pinned, path: &Path) -> Result<Option<OwnedFd>> {
+    let Pinned {
+        frozen: file,
+        readers,
+        ..
+    } = pinned;
+    let lock_error = |errno| Error::io(path, "lock", errno);
+    retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_UN)).map_err(lock_error)?;
+    let started = sys::Stopwatch::start();
+    loop {
+        match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)) {
+            Ok(()) => return Ok(Some(file)),
+            Err(Errno::EWOULDBLOCK) => {}
+            Err(errno) => return Err(lock_error(errno)),
+        }
+        if started.exceeded(UNVERIFIED_PATIENCE) {
+            // Still only readers, or has an instance taken it meanwhile?
+            return match retry_eintr(|| {
+                flock(file.as_fd(), nix::libc::LOCK_SH | nix::libc::LOCK_NB)
+            }) {
+                Ok(()) => Err(Error::Pinned {
+                    path: path.to_owned(),
+                    readers,
+                }),
+                Err(Errno::EWOULDBLOCK) => Ok(None),
+                Err(errno) => Err(lock_error(errno)),
+            };
         }
         std::thread::sleep(UNVERIFIED_PAUSE);
     }

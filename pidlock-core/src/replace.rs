@@ -44,9 +44,10 @@
 //! removed.
 //!
 //! Only Linux can swap two names atomically; elsewhere, and on filesystems
-//! that cannot (`EINVAL`), the start reports the readers
-//! ([`Error::Pinned`]) rather than risk two instances; so it does for a
-//! file a reader holds exclusively. A file owned by another user is never
+//! that cannot (`EINVAL`), the start waits a moment for readers that are
+//! only passing (an observer's probe, another start freezing the file),
+//! then reports those that stay ([`Error::Pinned`]) rather than risk two
+//! instances; so it does at once for a file a reader holds exclusively. A file owned by another user is never
 //! replaced. The file's mode (0600) keeps other users from taking any lock
 //! on it in the first place; readers are the owner's own processes, or
 //! root's.
@@ -81,6 +82,10 @@ pub(crate) enum Replaced {
     New(OwnedFd),
     /// Something changed meanwhile: look again from the start.
     Retry,
+    /// The file cannot be replaced here (no atomic exchange of two names on
+    /// this platform or filesystem): the caller waits a moment for readers
+    /// that are only passing, and reports those that stay.
+    Unswappable(Pinned),
 }
 
 /// How many temporary names are tried before giving up: another process
@@ -103,7 +108,7 @@ pub(crate) fn replace(dir: &OwnedFd, name: &CStr, path: &Path, pinned: Pinned) -
         });
     }
     if !sys::VERIFIES_HOLDERS {
-        return Err(pinned_error(path, pinned.readers));
+        return Ok(Replaced::Unswappable(pinned));
     }
     let Some(turn) = Turn::take(dir, name, path)? else {
         return Err(pinned_error(path, pinned.readers));
@@ -131,7 +136,8 @@ pub(crate) fn replace(dir: &OwnedFd, name: &CStr, path: &Path, pinned: Pinned) -
         }
         Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
             discard(new);
-            return Err(pinned_error(path, pinned.readers));
+            drop(turn);
+            return Ok(Replaced::Unswappable(pinned));
         }
         Err(errno) => {
             discard(new);
