@@ -42,6 +42,21 @@ fn program(exe: &Path, dir: &Path) -> Command {
     command
 }
 
+/// Every environment variable pidlock itself reads: how much it prints
+/// (`PIDLOCK_LOG`, `RUST_LOG`), a restart's handover (`PIDLOCK_RESTART`),
+/// systemd's notification socket and journal (`NOTIFY_SOCKET`,
+/// `JOURNAL_STREAM`) and the PostgreSQL backend's TLS defaults
+/// (`PGSSLMODE`, `PGSSLROOTCERT`).
+pub(crate) const LIBRARY_VARIABLES: [&str; 7] = [
+    "PIDLOCK_LOG",
+    "PIDLOCK_RESTART",
+    "RUST_LOG",
+    "NOTIFY_SOCKET",
+    "JOURNAL_STREAM",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+];
+
 /// A PID file in a fresh scratch directory, and programs pointed at it
 /// (through `PIDLOCK_TEST_PID_FILE`, which the fixtures read).
 pub(crate) struct Case {
@@ -57,18 +72,19 @@ impl Case {
     }
 
     /// `exe` with `args`, in the scratch directory, locking `pid_file`, with
-    /// none of the variables that change what pidlock prints or tells a
-    /// supervisor.
+    /// none of the variables pidlock reads ([`LIBRARY_VARIABLES`]): whatever
+    /// the suite was started with, it prints, tells a supervisor and
+    /// connects the same. A test that wants one sets it on what this returns.
     pub(crate) fn command(&self, exe: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
         let mut command = Command::new(exe);
         command
             .args(args)
             .current_dir(self.dir.path())
-            .env("PIDLOCK_TEST_PID_FILE", &self.pid_file)
-            .env_remove("PIDLOCK_LOG")
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
+            .env("PIDLOCK_TEST_PID_FILE", &self.pid_file);
+        for name in LIBRARY_VARIABLES {
+            command.env_remove(name);
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -328,10 +344,11 @@ impl PrivateMounts {
             .arg("--")
             .arg(exe)
             .args(args)
-            .current_dir(self.dir.path())
-            .env_remove("PIDLOCK_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
+            .current_dir(self.dir.path());
+        for name in LIBRARY_VARIABLES {
+            command.env_remove(name);
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
