@@ -131,6 +131,114 @@ impl Drop for Running {
     }
 }
 
+/// A started child whose stdout and stderr lines arrive on channels as they
+/// are written, so that a test can wait for what it prints while it runs.
+/// Killed on drop: a failed assertion must not leave a child holding a lock.
+pub(crate) struct Watched {
+    pub child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Watched {
+    /// Starts `command`; a stream that is not piped never delivers a line.
+    pub(crate) fn spawn(mut command: Command) -> Self {
+        default_signals(&mut command);
+        let mut child = command.spawn().expect("spawn");
+        let stdout = watch_lines(child.stdout.take());
+        let stderr = watch_lines(child.stderr.take());
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("kill");
+    }
+
+    /// The next line on stdout, within [`DEADLINE`].
+    pub(crate) fn next_stdout(&self) -> String {
+        self.stdout
+            .recv_timeout(DEADLINE)
+            .expect("no line from the child")
+    }
+
+    /// The next line on stdout if one has arrived, without waiting.
+    pub(crate) fn try_stdout(&self) -> Option<String> {
+        self.stdout.try_recv().ok()
+    }
+
+    /// The first stdout line from now on that contains `text`, within
+    /// [`DEADLINE`].
+    pub(crate) fn wait_for_stdout(&self, text: &str) -> String {
+        wait_for_line(&self.stdout, text).unwrap_or_else(|| self.missing("stdout", text))
+    }
+
+    /// The first stderr line from now on that contains `text`, within
+    /// [`DEADLINE`].
+    pub(crate) fn wait_for_stderr(&self, text: &str) -> String {
+        wait_for_line(&self.stderr, text).unwrap_or_else(|| self.missing("stderr", text))
+    }
+
+    /// Panics for a line that did not come, with what the child printed
+    /// and not yet been waited for.
+    fn missing(&self, stream: &str, text: &str) -> ! {
+        let stdout: Vec<String> = self.stdout.try_iter().collect();
+        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        panic!(
+            "no {stream} line containing {text:?} within {DEADLINE:?}; \
+             then on stdout {stdout:?}, on stderr {stderr:?}"
+        )
+    }
+
+    /// Waits for the exit, within [`DEADLINE`].
+    pub(crate) fn finish(mut self) -> ExitStatus {
+        wait(&mut self.child)
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The lines read from `pipe`, delivered as they come (none without one).
+fn watch_lines(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {
+    let (send, receive) = mpsc::channel();
+    if let Some(pipe) = pipe {
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    receive
+}
+
+/// The first line containing `text`, unless the stream ends or
+/// [`DEADLINE`] passes first.
+fn wait_for_line(lines: &mpsc::Receiver<String>, text: &str) -> Option<String> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()?;
+        if line.contains(text) {
+            return Some(line);
+        }
+    }
+}
+
 /// A shell without job control starts background jobs with SIGINT and
 /// SIGQUIT ignored, `nohup` ignores SIGHUP, and a child inherits that across
 /// exec (pidlock then rightly leaves them ignored). Put every signal the
