@@ -91,6 +91,11 @@ impl Case {
         command
     }
 
+    /// The PID file's contents, `None` without one.
+    pub(crate) fn contents(&self) -> Option<String> {
+        std::fs::read_to_string(&self.pid_file).ok()
+    }
+
     /// The attribute fixture (tests/fixtures/holder.rs) in mode `args[0]`.
     pub(crate) fn holder(&self, args: &[&str]) -> Command {
         self.command(env!("CARGO_BIN_EXE_fixture-holder"), args)
