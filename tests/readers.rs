@@ -16,9 +16,6 @@ use common::*;
 use nix::sys::signal::Signal;
 use pidlock_core::Status;
 
-/// The user `nobody`.
-const NOBODY: u32 = 65534;
-
 /// A `flock(1)` on `path` (`-s` or `-x`) by this test's user, holding it
 /// until dropped. `flock` opens the file read-only.
 struct Reader {

@@ -57,6 +57,42 @@ pub(crate) const LIBRARY_VARIABLES: [&str; 7] = [
     "PGSSLROOTCERT",
 ];
 
+/// The attribute fixture (tests/fixtures/holder.rs), to run by path.
+pub(crate) const HOLDER: &str = env!("CARGO_BIN_EXE_fixture-holder");
+
+/// The uid and gid of `nobody`, the other user of these tests.
+pub(crate) const NOBODY: u32 = 65534;
+
+/// Whether this process runs as root.
+pub(crate) fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Skips a test that needs root, with a note on why.
+#[allow(unused_macros)] // each test file uses a different subset
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root (unshare, setpriv, chown or mknod)");
+            return;
+        }
+    };
+}
+
+/// The first line of `stderr`, for the record of what a case printed.
+pub(crate) fn headline(stderr: &str) -> &str {
+    stderr.lines().next().unwrap_or("")
+}
+
+/// Whether `stderr` offers `kill` for any PID: a line `  kill N`.
+pub(crate) fn offers_kill(stderr: &str) -> bool {
+    stderr
+        .lines()
+        .any(|line| line.trim_start().starts_with("kill "))
+}
+#[allow(unused_imports)] // each test file uses a different subset
+pub(crate) use require_root;
+
 /// A PID file in a fresh scratch directory, and programs pointed at it
 /// (through `PIDLOCK_TEST_PID_FILE`, which the fixtures read).
 pub(crate) struct Case {
