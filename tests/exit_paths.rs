@@ -4,101 +4,73 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
 use nix::sys::signal::Signal;
 
-/// The fixture in `mode`, with its PID file in a fresh directory.
-struct Case {
-    dir: tempfile::TempDir,
-    pid_file: PathBuf,
+/// Asserts that the program left no PID file behind.
+fn assert_file_gone(case: &Case) {
+    assert!(
+        !case.pid_file.exists(),
+        "{} left behind",
+        case.pid_file.display()
+    );
 }
 
-impl Case {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let pid_file = dir.path().join("app.pid");
-        Self { dir, pid_file }
-    }
-
-    fn command(&self, mode: &str) -> Command {
-        self.command_for(Path::new(env!("CARGO_BIN_EXE_fixture-holder")), mode)
-    }
-
-    fn command_for(&self, exe: &Path, mode: &str) -> Command {
-        let mut command = Command::new(exe);
-        command
-            .arg(mode)
-            .current_dir(self.dir.path())
-            .env("PIDLOCK_TEST_PID_FILE", &self.pid_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command
-    }
-
-    fn assert_file_gone(&self) {
-        assert!(
-            !self.pid_file.exists(),
-            "{} left behind",
-            self.pid_file.display()
-        );
-    }
-
-    fn assert_held_by(&self, pid: u32) {
-        assert_eq!(read(&self.pid_file), format!("{pid}\n"));
-        let (status, stderr) = run(self.command("exit"));
-        assert_eq!(
-            status.code(),
-            Some(1),
-            "a second instance was let in:\n{stderr}"
-        );
-    }
+/// Asserts that `pid` is in the PID file and a second instance is refused.
+fn assert_held_by(case: &Case, pid: u32) {
+    assert_eq!(read(&case.pid_file), format!("{pid}\n"));
+    let (status, stderr) = run(case.holder(&["exit"]));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a second instance was let in:\n{stderr}"
+    );
 }
 
 #[test]
 fn return_from_main_removes_the_file() {
     let case = Case::new();
-    let (status, stderr) = run(case.command("exit"));
+    let (status, stderr) = run(case.holder(&["exit"]));
     assert_eq!(status.code(), Some(0), "{stderr}");
-    case.assert_file_gone();
+    assert_file_gone(&case);
 }
 
 #[test]
 fn err_return_removes_the_file_and_exits_1() {
     let case = Case::new();
-    let (status, stderr) = run(case.command("err"));
+    let (status, stderr) = run(case.holder(&["err"]));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("Error: \"the program failed\""), "{stderr}");
-    case.assert_file_gone();
+    assert_file_gone(&case);
 }
 
 #[test]
 fn exit_code_return_removes_the_file_and_keeps_the_code() {
     let case = Case::new();
-    let (status, stderr) = run(case.command("exit-code"));
+    let (status, stderr) = run(case.holder(&["exit-code"]));
     assert_eq!(status.code(), Some(7), "{stderr}");
-    case.assert_file_gone();
+    assert_file_gone(&case);
 }
 
 #[test]
 fn panic_unwinding_removes_the_file_and_exits_101() {
     let case = Case::new();
-    let (status, stderr) = run(case.command("panic"));
+    let (status, stderr) = run(case.holder(&["panic"]));
     assert_eq!(status.code(), Some(101), "{stderr}");
     assert!(stderr.contains("the program panicked"), "{stderr}");
     assert!(stderr.contains("PID file lock released"), "{stderr}");
-    case.assert_file_gone();
+    assert_file_gone(&case);
 }
 
 #[test]
 fn abort_removes_the_file_and_dies_by_sigabrt() {
     let case = Case::new();
-    let (status, stderr) = run(case.command("abort"));
+    let (status, stderr) = run(case.holder(&["abort"]));
     assert!(killed_by(status, Signal::SIGABRT), "{status:?}\n{stderr}");
-    case.assert_file_gone();
+    assert_file_gone(&case);
 }
 
 #[test]
@@ -122,41 +94,41 @@ fn panic_in_a_panic_abort_build_removes_the_file_and_dies_by_sigabrt() {
 
     let case = Case::new();
     let exe = target.join("debug/fixture-panic-abort");
-    let (status, stderr) = run(case.command_for(&exe, "-"));
+    let (status, stderr) = run(case.command(&exe, &["-"]));
     assert!(killed_by(status, Signal::SIGABRT), "{status:?}\n{stderr}");
     assert!(
         stderr.contains("panicked under panic = \"abort\""),
         "{stderr}"
     );
-    case.assert_file_gone();
+    assert_file_gone(&case);
 }
 
 #[test]
 fn process_exit_from_main_removes_the_file_and_keeps_the_code() {
     let case = Case::new();
-    let (status, stderr) = run(case.command("process-exit"));
+    let (status, stderr) = run(case.holder(&["process-exit"]));
     assert_eq!(status.code(), Some(5), "{stderr}");
     assert!(stderr.ends_with(&release_lines(&case.pid_file)), "{stderr}");
-    case.assert_file_gone();
+    assert_file_gone(&case);
 }
 
 #[test]
 fn process_exit_from_another_thread_removes_the_file_and_keeps_the_code() {
     let case = Case::new();
-    let (status, stderr) = run(case.command("process-exit-thread"));
+    let (status, stderr) = run(case.holder(&["process-exit-thread"]));
     assert_eq!(status.code(), Some(6), "{stderr}");
-    case.assert_file_gone();
+    assert_file_gone(&case);
 }
 
 fn dies_by(signal: Signal) {
     let case = Case::new();
-    let running = start(case.command("hold"));
-    case.assert_held_by(running.pid());
+    let running = start(case.holder(&["hold"]));
+    assert_held_by(&case, running.pid());
     running.signal(signal);
     let (status, stderr) = running.finish();
     assert!(killed_by(status, signal), "{status:?}\n{stderr}");
     assert!(stderr.ends_with(&release_lines(&case.pid_file)), "{stderr}");
-    case.assert_file_gone();
+    assert_file_gone(&case);
 }
 
 #[test]
@@ -206,33 +178,27 @@ fn graceful_on_sigint(command: Command, pid_file: &Path) {
 fn sigint_with_tokio_ctrl_c_below_the_attribute_runs_the_programs_shutdown() {
     let case = Case::new();
     graceful_on_sigint(
-        case.command_for(
-            Path::new(env!("CARGO_BIN_EXE_fixture-tokio-above")),
-            "ctrl-c",
-        ),
+        case.command(env!("CARGO_BIN_EXE_fixture-tokio-above"), &["ctrl-c"]),
         &case.pid_file,
     );
-    case.assert_file_gone();
+    assert_file_gone(&case);
 }
 
 #[test]
 fn sigint_with_tokio_ctrl_c_above_the_attribute_runs_the_programs_shutdown() {
     let case = Case::new();
     graceful_on_sigint(
-        case.command_for(
-            Path::new(env!("CARGO_BIN_EXE_fixture-tokio-below")),
-            "ctrl-c",
-        ),
+        case.command(env!("CARGO_BIN_EXE_fixture-tokio-below"), &["ctrl-c"]),
         &case.pid_file,
     );
-    case.assert_file_gone();
+    assert_file_gone(&case);
 }
 
 #[test]
 fn sigint_with_the_ctrlc_crate_runs_the_programs_shutdown() {
     let case = Case::new();
-    graceful_on_sigint(case.command("ctrlc"), &case.pid_file);
-    case.assert_file_gone();
+    graceful_on_sigint(case.holder(&["ctrlc"]), &case.pid_file);
+    assert_file_gone(&case);
 }
 
 #[test]
@@ -240,8 +206,7 @@ fn sighup_ignored_at_start_stays_ignored() {
     let case = Case::new();
     // Through `nohup` itself, which ignores SIGHUP and execs the program
     // (after the harness has put the signals it inherits back to default).
-    let mut command = case.command_for(Path::new("nohup"), env!("CARGO_BIN_EXE_fixture-holder"));
-    command.arg("hold");
+    let command = case.command("nohup", &[env!("CARGO_BIN_EXE_fixture-holder"), "hold"]);
     let mut running = start(command);
     running.signal(Signal::SIGHUP);
     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -249,28 +214,28 @@ fn sighup_ignored_at_start_stays_ignored() {
         running.child.try_wait().unwrap().is_none(),
         "SIGHUP was not ignored"
     );
-    case.assert_held_by(running.pid());
+    assert_held_by(&case, running.pid());
     running.signal(Signal::SIGTERM);
     let (status, _) = running.finish();
     assert!(killed_by(status, Signal::SIGTERM));
-    case.assert_file_gone();
+    assert_file_gone(&case);
 }
 
 #[test]
 fn worker_thread_panic_does_not_release_the_lock() {
     let case = Case::new();
-    let running = start(case.command("worker-panic"));
-    case.assert_held_by(running.pid());
+    let running = start(case.holder(&["worker-panic"]));
+    assert_held_by(&case, running.pid());
     running.signal(Signal::SIGTERM);
     let (_, stderr) = running.finish();
     assert!(stderr.contains("a worker panicked"), "{stderr}");
-    case.assert_file_gone();
+    assert_file_gone(&case);
 }
 
 #[test]
 fn spawned_child_outlives_the_parent_without_holding_the_lock() {
     let case = Case::new();
-    let parent = start(case.command("spawn-child"));
+    let parent = start(case.holder(&["spawn-child"]));
     let child_pid: i32 = parent.first_line.trim().parse().unwrap();
     let (status, stderr) = parent.finish();
     assert!(status.success(), "{stderr}");
@@ -281,16 +246,16 @@ fn spawned_child_outlives_the_parent_without_holding_the_lock() {
     );
     // The parent's file is gone and a new instance gets the lock although
     // the child that inherited everything else is alive.
-    case.assert_file_gone();
-    let next = start(case.command("hold"));
-    case.assert_held_by(next.pid());
+    assert_file_gone(&case);
+    let next = start(case.holder(&["hold"]));
+    assert_held_by(&case, next.pid());
     nix::sys::signal::kill(child, Signal::SIGKILL).unwrap();
 }
 
 #[test]
 fn sigkill_leaves_a_stale_file_that_the_next_start_takes_over_with_a_warning() {
     let case = Case::new();
-    let running = start(case.command("hold"));
+    let running = start(case.holder(&["hold"]));
     let dead = running.pid();
     running.signal(Signal::SIGKILL);
     let (status, _) = running.finish();
@@ -300,7 +265,7 @@ fn sigkill_leaves_a_stale_file_that_the_next_start_takes_over_with_a_warning() {
         format!("{dead}\n"),
         "SIGKILL cannot clean up"
     );
-    let (status, stderr) = run(case.command("exit"));
+    let (status, stderr) = run(case.holder(&["exit"]));
     assert!(status.success(), "{stderr}");
     assert!(
         stderr.starts_with(&format!(
@@ -315,12 +280,12 @@ fn sigkill_leaves_a_stale_file_that_the_next_start_takes_over_with_a_warning() {
 fn file_replaced_under_a_holder_survives_the_holders_exit() {
     for ends_by_signal in [false, true] {
         let case = Case::new();
-        let mut command = case.command("until-stdin-closes");
+        let mut command = case.holder(&["until-stdin-closes"]);
         command.stdin(Stdio::piped());
         let mut a = start(command);
         // A's file deleted by hand; B starts and writes its own.
         std::fs::remove_file(&case.pid_file).unwrap();
-        let b = start(case.command("hold"));
+        let b = start(case.holder(&["hold"]));
         assert_eq!(read(&case.pid_file), format!("{}\n", b.pid()));
         if ends_by_signal {
             a.signal(Signal::SIGTERM);
@@ -333,6 +298,6 @@ fn file_replaced_under_a_holder_survives_the_holders_exit() {
             format!("{}\n", b.pid()),
             "A removed B's file"
         );
-        case.assert_held_by(b.pid());
+        assert_held_by(&case, b.pid());
     }
 }

@@ -65,7 +65,7 @@ fn stop_never_signals_the_standby_that_took_over_from_the_stopped_holder() {
     for round in 0..10 {
         let case = Case::new();
         let holder = ShellHolder::start(&case.pid_file);
-        let standby = Waiting::start(case.command(env!("CARGO_BIN_EXE_fixture-wait"), &["hold"]));
+        let mut standby = waiting(case.command(env!("CARGO_BIN_EXE_fixture-wait"), &["hold"]));
         let stopped = Stop::new()
             .timeout(Duration::from_secs(2))
             .escalation(Escalation::Kill)
@@ -81,7 +81,8 @@ fn stop_never_signals_the_standby_that_took_over_from_the_stopped_holder() {
             }
             other => panic!("round {round}: {other:?}"),
         }
-        let mut standby = standby.holding();
+        // Once it holds the lock:
+        assert_eq!(standby.wait_for_stdout("ready"), "ready");
         // Untouched: it runs on, holding the lock.
         assert!(
             standby
@@ -98,54 +99,12 @@ fn stop_never_signals_the_standby_that_took_over_from_the_stopped_holder() {
     }
 }
 
-/// A `wait` standby, started while another process holds the lock.
-struct Waiting {
-    child: Child,
-    ready: std::sync::mpsc::Receiver<()>,
-}
-
-impl Waiting {
-    /// Starts it and returns once it is waiting (its INFO line).
-    fn start(mut command: Command) -> Self {
-        let mut child = command.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (ready_send, ready) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                if line.is_ok_and(|line| line == "ready") {
-                    let _ = ready_send.send(());
-                }
-            }
-        });
-        let (waiting_send, waiting) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                if line.is_ok_and(|line| line.contains("waiting for it to exit")) {
-                    let _ = waiting_send.send(());
-                }
-            }
-        });
-        waiting
-            .recv_timeout(DEADLINE)
-            .expect("the standby never said it waits");
-        Self { child, ready }
-    }
-
-    /// Waits until it holds the lock.
-    fn holding(self) -> Self {
-        self.ready
-            .recv_timeout(DEADLINE)
-            .expect("the standby never got the lock");
-        self
-    }
-}
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `wait` standby, started while another process holds the lock:
+/// returns once it is waiting (its INFO line).
+fn waiting(command: Command) -> Watched {
+    let standby = Watched::spawn(command);
+    standby.wait_for_stderr("waiting for it to exit");
+    standby
 }
 
 /// A bot that is PID 1 of its container forks a worker that moves its

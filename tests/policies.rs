@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,61 +16,12 @@ impl Case {
     }
 }
 
-/// A child whose stderr lines and first stdout line arrive on channels, so
-/// a test can wait for "waiting for it to exit" while the child runs.
-struct Watched {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-    stdout: mpsc::Receiver<String>,
-}
-
-impl Watched {
-    fn spawn(mut command: Command) -> Self {
-        let mut child = command.spawn().unwrap();
-        Self {
-            stderr: lines(child.stderr.take().unwrap()),
-            stdout: lines(child.stdout.take().unwrap()),
-            child,
-        }
-    }
-
-    fn wait_for_stderr(&self, needle: &str) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let line = self
-                .stderr
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("no stderr line containing {needle:?}"));
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-
-    fn wait_ready(&self) -> Instant {
-        let line = self.stdout.recv_timeout(DEADLINE).expect("never ready");
-        assert_eq!(line, "ready");
-        Instant::now()
-    }
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (send, receive) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receive
+/// Waits for `watched` to print `ready` on stdout (it holds the lock) and
+/// returns when it did.
+fn wait_ready(watched: &Watched) -> Instant {
+    let line = watched.next_stdout();
+    assert_eq!(line, "ready");
+    Instant::now()
 }
 
 #[test]
@@ -94,7 +43,7 @@ fn wait_takes_over_as_soon_as_the_holder_exits() {
     );
     let released = Instant::now();
     holder.signal(Signal::SIGTERM);
-    let ready = waiter.wait_ready();
+    let ready = wait_ready(&waiter);
     eprintln!(
         "wait hand-over, SIGTERM to the holder -> the waiter runs: {:?}",
         ready - released
@@ -144,7 +93,7 @@ fn takeover_sends_sigterm_and_runs_once_the_holder_exited() {
     let holder = case.running("hold");
     let old = holder.pid();
     let newcomer = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-takeover"), &[]));
-    newcomer.wait_ready();
+    wait_ready(&newcomer);
     let (status, _) = holder.finish();
     assert!(killed_by(status, Signal::SIGTERM), "{status:?}");
     assert_eq!(read(&case.pid_file), format!("{}\n", newcomer.child.id()));
@@ -163,7 +112,7 @@ fn takeover_kills_a_holder_that_ignores_sigterm_after_the_timeout() {
     let holder = case.running("ignore-sigterm");
     let started = Instant::now();
     let newcomer = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-takeover"), &[]));
-    newcomer.wait_ready();
+    wait_ready(&newcomer);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "killed before the 1s grace"
@@ -224,7 +173,7 @@ fn takeover_signals_the_kernels_holder_not_the_pid_in_the_file() {
     // The file now lies about who holds the lock.
     std::fs::write(&case.pid_file, format!("{}\n", bystander.0.id())).unwrap();
     let newcomer = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-takeover"), &[]));
-    newcomer.wait_ready();
+    wait_ready(&newcomer);
     let (status, _) = holder.finish();
     assert!(killed_by(status, Signal::SIGTERM), "{status:?}");
     bystander.assert_untouched();
@@ -265,7 +214,7 @@ fn restart_keeps_the_lock_and_the_pid_across_twenty_execs() {
             Err(Error::AlreadyRunning { .. }) => attempts += 1,
             Err(other) => panic!("unexpected: {other}"),
         }
-        if restarting.stdout.try_recv().is_ok() {
+        if restarting.try_stdout().is_some() {
             break;
         }
     }

@@ -16,9 +16,6 @@ use common::*;
 use nix::sys::signal::Signal;
 use pidlock_core::Status;
 
-/// The user `nobody`.
-const NOBODY: u32 = 65534;
-
 /// A `flock(1)` on `path` (`-s` or `-x`) by this test's user, holding it
 /// until dropped. `flock` opens the file read-only.
 struct Reader {
@@ -199,7 +196,7 @@ fn a_waiting_start_is_not_held_up_by_a_reader_of_the_removed_file() {
     let mut command = case.holder(&["until-stdin-closes"]);
     command.stdin(Stdio::piped());
     let instance = start(command);
-    let mut standby = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-wait"), &["hold"]));
+    let standby = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-wait"), &["hold"]));
     standby.wait_for_stderr("waiting for it to exit");
     // The reader queues for a shared lock on the instance's file, and gets
     // it as soon as the instance lets go, on the removed inode.
@@ -244,7 +241,7 @@ fn a_waiting_start_is_not_held_up_by_a_reader_of_a_crashed_instances_file() {
     writeln!(file, "{}", std::process::id()).unwrap();
     let held = Flock::lock(file, FlockArg::LockExclusiveNonblock)
         .unwrap_or_else(|(_, errno)| panic!("lock the file: {errno}"));
-    let mut standby = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-wait"), &["hold"]));
+    let standby = Watched::spawn(case.command(env!("CARGO_BIN_EXE_fixture-wait"), &["hold"]));
     standby.wait_for_stderr(&format!(
         "Another instance is running (PID: {}); waiting for it to exit",
         std::process::id()
@@ -338,65 +335,4 @@ fn simultaneous_starts_on_a_pinned_file_have_one_winner_and_never_overlap() {
     }
     let held = read(&log).lines().count();
     assert_held_one_at_a_time(&log, held);
-}
-
-/// A child whose stdout and stderr lines are watched for as they come.
-struct Watched {
-    child: Child,
-    stdout: std::sync::mpsc::Receiver<String>,
-    stderr: std::sync::mpsc::Receiver<String>,
-}
-
-impl Watched {
-    fn spawn(mut command: Command) -> Self {
-        let mut child = command.spawn().unwrap();
-        let lines = |pipe: Box<dyn std::io::Read + Send>| {
-            let (send, receive) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if send.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-            receive
-        };
-        let stdout = lines(Box::new(child.stdout.take().unwrap()));
-        let stderr = lines(Box::new(child.stderr.take().unwrap()));
-        Self {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn wait_for(lines: &std::sync::mpsc::Receiver<String>, text: &str) {
-        loop {
-            let line = lines
-                .recv_timeout(DEADLINE)
-                .unwrap_or_else(|_| panic!("never printed {text:?}"));
-            if line.contains(text) {
-                return;
-            }
-        }
-    }
-
-    fn wait_for_stdout(&mut self, text: &str) {
-        Self::wait_for(&self.stdout, text);
-    }
-
-    fn wait_for_stderr(&mut self, text: &str) {
-        Self::wait_for(&self.stderr, text);
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Watched {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -42,11 +42,11 @@ fn pidfile_inherited_as_freebsd_tests_it() {
 /// How the owner of the lock leaves while its worker lives on.
 fn owner_leaves_while_a_worker_holds(how: &str) {
     let case = Case::new();
-    let mut owner = Lines::spawn(case.holder(&["leave-to-worker", how]));
-    let worker = worker_pid(&owner.next());
+    let mut owner = Watched::spawn(case.holder(&["leave-to-worker", how]));
+    let worker = worker_pid(&owner.next_stdout());
     let _worker = Killed(worker);
     if how == "signal" {
-        assert_eq!(owner.next(), "ready");
+        assert_eq!(owner.next_stdout(), "ready");
         owner.signal(Signal::SIGTERM);
     }
     let ended = wait(&mut owner.child);
@@ -123,8 +123,8 @@ fn a_release_while_a_worker_holds_writes_the_workers_pid() {
     let log = case.dir.path().join("owner.err");
     let mut command = case.holder(&["leave-to-worker", "return"]);
     command.stderr(std::fs::File::create(&log).unwrap());
-    let mut owner = Lines::spawn(command);
-    let worker = worker_pid(&owner.next());
+    let mut owner = Watched::spawn(command);
+    let worker = worker_pid(&owner.next_stdout());
     let _worker = Killed(worker);
     let status = wait(&mut owner.child);
     assert!(status.success(), "{status:?}");
@@ -218,7 +218,7 @@ fn restart_after_a_chdir_keeps_the_lock_on_the_path_resolved_at_acquisition() {
 fn restart_into_an_image_that_takes_no_lock_leaks_nothing_to_children() {
     let case = Case::new();
     let mark = case.dir.path().join("restarted");
-    let restarted = Lines::spawn(case.command(
+    let restarted = Watched::spawn(case.command(
         LIBRARY,
         &[
             "restart-once",
@@ -226,14 +226,14 @@ fn restart_into_an_image_that_takes_no_lock_leaks_nothing_to_children() {
             &mark.display().to_string(),
         ],
     ));
-    assert_eq!(restarted.next(), "PIDLOCK_RESTART: unset");
+    assert_eq!(restarted.next_stdout(), "PIDLOCK_RESTART: unset");
     assert_eq!(
-        restarted.next(),
+        restarted.next_stdout(),
         "the locked descriptor: open, close-on-exec"
     );
-    assert_eq!(restarted.next(), "ready");
+    assert_eq!(restarted.next_stdout(), "ready");
     match pidlock_core::status(&case.pid_file).unwrap() {
-        Status::Running(holder) => assert_eq!(holder.pid(), Pid::new(restarted.pid())),
+        Status::Running(holder) => assert_eq!(holder.pid(), Pid::new(restarted.pid() as i32)),
         other => panic!("the lock was let go across the restart: {other:?}"),
     }
 }
@@ -255,52 +255,6 @@ struct Killed(i32);
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGKILL);
-    }
-}
-
-/// A child whose stdout lines arrive on a channel as they are written.
-struct Lines {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Lines {
-    fn spawn(mut command: std::process::Command) -> Self {
-        use std::io::BufRead;
-        let mut child = command.spawn().unwrap();
-        let stdout = child.stdout.take().expect("stdout piped");
-        let (send, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// The next line, within the deadline.
-    fn next(&self) -> String {
-        self.lines
-            .recv_timeout(DEADLINE)
-            .expect("no line from the child")
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn signal(&self, signal: Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
-    }
-}
-
-impl Drop for Lines {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

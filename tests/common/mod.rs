@@ -42,6 +42,57 @@ fn program(exe: &Path, dir: &Path) -> Command {
     command
 }
 
+/// Every environment variable pidlock itself reads: how much it prints
+/// (`PIDLOCK_LOG`, `RUST_LOG`), a restart's handover (`PIDLOCK_RESTART`),
+/// systemd's notification socket and journal (`NOTIFY_SOCKET`,
+/// `JOURNAL_STREAM`) and the PostgreSQL backend's TLS defaults
+/// (`PGSSLMODE`, `PGSSLROOTCERT`).
+pub(crate) const LIBRARY_VARIABLES: [&str; 7] = [
+    "PIDLOCK_LOG",
+    "PIDLOCK_RESTART",
+    "RUST_LOG",
+    "NOTIFY_SOCKET",
+    "JOURNAL_STREAM",
+    "PGSSLMODE",
+    "PGSSLROOTCERT",
+];
+
+/// The attribute fixture (tests/fixtures/holder.rs), to run by path.
+pub(crate) const HOLDER: &str = env!("CARGO_BIN_EXE_fixture-holder");
+
+/// The uid and gid of `nobody`, the other user of these tests.
+pub(crate) const NOBODY: u32 = 65534;
+
+/// Whether this process runs as root.
+pub(crate) fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Skips a test that needs root, with a note on why.
+#[allow(unused_macros)] // each test file uses a different subset
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root (unshare, setpriv, chown or mknod)");
+            return;
+        }
+    };
+}
+
+/// The first line of `stderr`, for the record of what a case printed.
+pub(crate) fn headline(stderr: &str) -> &str {
+    stderr.lines().next().unwrap_or("")
+}
+
+/// Whether `stderr` offers `kill` for any PID: a line `  kill N`.
+pub(crate) fn offers_kill(stderr: &str) -> bool {
+    stderr
+        .lines()
+        .any(|line| line.trim_start().starts_with("kill "))
+}
+#[allow(unused_imports)] // each test file uses a different subset
+pub(crate) use require_root;
+
 /// A PID file in a fresh scratch directory, and programs pointed at it
 /// (through `PIDLOCK_TEST_PID_FILE`, which the fixtures read).
 pub(crate) struct Case {
@@ -57,22 +108,28 @@ impl Case {
     }
 
     /// `exe` with `args`, in the scratch directory, locking `pid_file`, with
-    /// none of the variables that change what pidlock prints or tells a
-    /// supervisor.
+    /// none of the variables pidlock reads ([`LIBRARY_VARIABLES`]): whatever
+    /// the suite was started with, it prints, tells a supervisor and
+    /// connects the same. A test that wants one sets it on what this returns.
     pub(crate) fn command(&self, exe: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Command {
         let mut command = Command::new(exe);
         command
             .args(args)
             .current_dir(self.dir.path())
-            .env("PIDLOCK_TEST_PID_FILE", &self.pid_file)
-            .env_remove("PIDLOCK_LOG")
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
+            .env("PIDLOCK_TEST_PID_FILE", &self.pid_file);
+        for name in LIBRARY_VARIABLES {
+            command.env_remove(name);
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         command
+    }
+
+    /// The PID file's contents, `None` without one.
+    pub(crate) fn contents(&self) -> Option<String> {
+        std::fs::read_to_string(&self.pid_file).ok()
     }
 
     /// The attribute fixture (tests/fixtures/holder.rs) in mode `args[0]`.
@@ -112,6 +169,114 @@ impl Drop for Running {
         // A failed assertion must not leave a child holding a lock.
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A started child whose stdout and stderr lines arrive on channels as they
+/// are written, so that a test can wait for what it prints while it runs.
+/// Killed on drop: a failed assertion must not leave a child holding a lock.
+pub(crate) struct Watched {
+    pub child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Watched {
+    /// Starts `command`; a stream that is not piped never delivers a line.
+    pub(crate) fn spawn(mut command: Command) -> Self {
+        default_signals(&mut command);
+        let mut child = command.spawn().expect("spawn");
+        let stdout = watch_lines(child.stdout.take());
+        let stderr = watch_lines(child.stderr.take());
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("kill");
+    }
+
+    /// The next line on stdout, within [`DEADLINE`].
+    pub(crate) fn next_stdout(&self) -> String {
+        self.stdout
+            .recv_timeout(DEADLINE)
+            .expect("no line from the child")
+    }
+
+    /// The next line on stdout if one has arrived, without waiting.
+    pub(crate) fn try_stdout(&self) -> Option<String> {
+        self.stdout.try_recv().ok()
+    }
+
+    /// The first stdout line from now on that contains `text`, within
+    /// [`DEADLINE`].
+    pub(crate) fn wait_for_stdout(&self, text: &str) -> String {
+        wait_for_line(&self.stdout, text).unwrap_or_else(|| self.missing("stdout", text))
+    }
+
+    /// The first stderr line from now on that contains `text`, within
+    /// [`DEADLINE`].
+    pub(crate) fn wait_for_stderr(&self, text: &str) -> String {
+        wait_for_line(&self.stderr, text).unwrap_or_else(|| self.missing("stderr", text))
+    }
+
+    /// Panics for a line that did not come, with what the child printed
+    /// and not yet been waited for.
+    fn missing(&self, stream: &str, text: &str) -> ! {
+        let stdout: Vec<String> = self.stdout.try_iter().collect();
+        let stderr: Vec<String> = self.stderr.try_iter().collect();
+        panic!(
+            "no {stream} line containing {text:?} within {DEADLINE:?}; \
+             then on stdout {stdout:?}, on stderr {stderr:?}"
+        )
+    }
+
+    /// Waits for the exit, within [`DEADLINE`].
+    pub(crate) fn finish(mut self) -> ExitStatus {
+        wait(&mut self.child)
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The lines read from `pipe`, delivered as they come (none without one).
+fn watch_lines(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {
+    let (send, receive) = mpsc::channel();
+    if let Some(pipe) = pipe {
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    receive
+}
+
+/// The first line containing `text`, unless the stream ends or
+/// [`DEADLINE`] passes first.
+fn wait_for_line(lines: &mpsc::Receiver<String>, text: &str) -> Option<String> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()?;
+        if line.contains(text) {
+            return Some(line);
+        }
     }
 }
 
@@ -328,10 +493,11 @@ impl PrivateMounts {
             .arg("--")
             .arg(exe)
             .args(args)
-            .current_dir(self.dir.path())
-            .env_remove("PIDLOCK_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
+            .current_dir(self.dir.path());
+        for name in LIBRARY_VARIABLES {
+            command.env_remove(name);
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

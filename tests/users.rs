@@ -1,0 +1,127 @@
+//! DESIGN.md, *Processes and places*, with real processes: another user's
+//! instance.
+//!
+//! The tests that need root (`setpriv`) say so and are skipped, with a note
+//! on stderr, when not run as root.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+// --- Another user's instance ---------------------------------------------
+
+/// A copy of the fixture that `nobody` may run (the target directory may not
+/// be searchable for it), in a directory of its own.
+fn fixture_for_nobody(exe: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join(Path::new(exe).file_name().unwrap());
+    // Copied by `cp`, not in this process: while this process had the copy
+    // open for writing, a child another test forks meanwhile would inherit
+    // that descriptor until it execs, and executing the copy would fail with
+    // "Text file busy" (ETXTBSY).
+    let copied = Command::new("cp").arg(exe).arg(&copy).status().unwrap();
+    assert!(copied.success(), "cp {exe} {}: {copied}", copy.display());
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, copy)
+}
+
+fn as_nobody(case: &Case, exe: &Path, args: &[&str]) -> Command {
+    let mut command = case.command("setpriv", &[]);
+    command
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .args(["--clear-groups", "--"])
+        .arg(exe)
+        .args(args);
+    command
+}
+
+#[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
+fn another_users_instance_is_a_conflict_naming_the_owner_not_permission_denied() {
+    require_root!();
+    let case = Case::new();
+    fs::set_permissions(case.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let (_bin, exe) = fixture_for_nobody(HOLDER);
+    let root_instance = start(case.holder(&["hold"]));
+    let pid = root_instance.pid();
+
+    let (status, stderr) = run(as_nobody(&case, &exe, &["exit"]));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("Permission denied"), "{stderr}");
+    // nobody may not even open root's file (0600), nor look into root's
+    // /proc/<pid>/fd: the holder is the process the kernel's lock list says
+    // took the lock, unverified, and no kill is offered.
+    assert_eq!(
+        headline(&stderr),
+        format!(
+            "ERROR - Another instance is already running (PID: {pid} per the kernel's lock list, not verified)."
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "PID file: {} (owned by user root (uid 0))\n",
+            case.pid_file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!offers_kill(&stderr), "{stderr}");
+    eprintln!(
+        "after: {}",
+        stderr.lines().take(3).collect::<Vec<_>>().join(" / ")
+    );
+    assert_eq!(read(&case.pid_file), format!("{pid}\n"));
+}
+
+#[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
+fn root_sees_nobodys_instance_verified_and_names_its_owner() {
+    require_root!();
+    let case = Case::new();
+    nix::unistd::chown(
+        case.dir.path(),
+        Some(nix::unistd::Uid::from_raw(NOBODY)),
+        Some(nix::unistd::Gid::from_raw(NOBODY)),
+    )
+    .unwrap();
+    let (_bin, exe) = fixture_for_nobody(HOLDER);
+    let nobodys = start(as_nobody(&case, &exe, &["hold"]));
+    // setpriv execs the fixture: same PID.
+    let pid = nobodys.pid();
+    assert_eq!(read(&case.pid_file), format!("{pid}\n"));
+    assert_eq!(fs::metadata(&case.pid_file).unwrap().uid(), NOBODY);
+
+    let (status, stderr) = run(case.holder(&["exit"]));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        headline(&stderr),
+        format!("ERROR - Another instance is already running (PID: {pid})."),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "PID file: {} (owned by user nobody (uid {NOBODY}))\n",
+            case.pid_file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("\n          kill {pid}\n")),
+        "{stderr}"
+    );
+    assert_eq!(read(&case.pid_file), format!("{pid}\n"));
+}
