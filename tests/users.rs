@@ -125,3 +125,22 @@ fn root_sees_nobodys_instance_verified_and_names_its_owner() {
     );
     assert_eq!(read(&case.pid_file), format!("{pid}\n"));
 }
+
+/// Another user who may not even search the directory cannot tell whether
+/// an instance runs: `status` says why it cannot look, never "not running".
+#[test]
+fn status_from_a_user_who_may_not_search_the_directory_is_an_error_not_not_running() {
+    require_root!();
+    let case = Case::new();
+    fs::set_permissions(case.dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let (_bin, exe) = fixture_for_nobody(env!("CARGO_BIN_EXE_fixture-library"));
+    let _instance = start(case.holder(&["hold"]));
+    let path = case.pid_file.display().to_string();
+    let output = as_nobody(&case, &exe, &["status", &path]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        stdout.starts_with("Err(Io {") && stdout.contains("Permission denied"),
+        "{stdout}"
+    );
+}

@@ -163,7 +163,10 @@ const LIKELY_LIMIT: usize = 64;
 /// The processes worth examining first, in order, without repeats.
 fn likely(key: &LockKey, file_pid: Option<Pid>) -> Vec<Pid> {
     let mut candidates: Vec<Pid> = file_pid.into_iter().collect();
-    for (_, taker) in sys::lock_takers(key) {
+    for taker in sys::lock_takers(key)
+        .into_iter()
+        .filter_map(|(_, taker)| taker)
+    {
         if !candidates.contains(&taker) {
             candidates.push(taker);
         }
@@ -209,15 +212,34 @@ pub(crate) fn sharer_of(key: &LockKey, me: Pid) -> Option<Pid> {
     root_of(&sharing).or_else(|| sharing.first().copied())
 }
 
-/// The process the kernel's lock list says took the exclusive lock on
-/// `key`, if any: for a file this process may not open (another user's),
-/// whose holders' descriptors are out of sight too. Not verified: that
-/// process may have exited, or forked and handed the lock on.
-pub(crate) fn exclusive_taker(key: &LockKey) -> Option<Pid> {
-    sys::lock_takers(key)
+/// What the kernel's lock list says of the exclusive lock on a file this
+/// process may not open (another user's), whose holders' descriptors are
+/// out of sight too.
+pub(crate) enum Taken {
+    /// Nobody holds it exclusively.
+    Free,
+    /// This process took it. Not verified: it may have exited, or forked
+    /// and handed the lock on.
+    By(Pid),
+    /// Someone holds it that cannot be named from here (a process of
+    /// another PID namespace), or the lock list cannot be read at all.
+    OutOfSight,
+}
+
+/// [`Taken`] for the file `key` names; `None` for the key itself: the
+/// lock list cannot be consulted (another platform, no `/proc`).
+pub(crate) fn exclusive_taker(key: Option<&LockKey>) -> Taken {
+    let Some(key) = key else {
+        return Taken::OutOfSight;
+    };
+    match sys::lock_takers(key)
         .into_iter()
         .find(|&(kind, _)| kind == LockKind::Exclusive)
-        .map(|(_, pid)| pid)
+    {
+        None => Taken::Free,
+        Some((_, Some(pid))) => Taken::By(pid),
+        Some((_, None)) => Taken::OutOfSight,
+    }
 }
 
 /// Whether `pid` holds the exclusive lock on `key` right now, as far as can

@@ -15,7 +15,7 @@ use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 
 use crate::error::{Error, Holder, Reader, Result};
 use crate::guard::{PidFileGuard, ResolvedPath};
-use crate::holders::{self, Holders};
+use crate::holders::{self, Holders, Taken};
 use crate::messages::{self, Level, LogLevel};
 use crate::pid::{Contents, Pid};
 use crate::policy::{ConflictHandler, HandleConflict, Next, OnConflict, OpenedAt};
@@ -389,18 +389,22 @@ fn denied(dir: &OwnedFd, name: &CStr, path: &Path, stat: &FileStat) -> Error {
     if stat.st_uid == nix::unistd::geteuid().as_raw() {
         return Error::io(path, "open", Errno::EACCES);
     }
-    let taker = sys::path_descriptor(dir.as_fd(), name)
-        .and_then(|named| sys::lock_key(named.as_fd(), Identity::of(stat)))
-        .and_then(|key| holders::exclusive_taker(&key));
-    match taker {
-        Some(pid) => Error::AlreadyRunning {
-            path: path.to_owned(),
-            holder: Holder::Taker(pid),
-        },
-        None => Error::ForeignOwner {
-            path: path.to_owned(),
-            owner: crate::error::user_name(stat.st_uid),
-        },
+    let key = sys::path_descriptor(dir.as_fd(), name)
+        .and_then(|named| sys::lock_key(named.as_fd(), Identity::of(stat)));
+    let holder = match holders::exclusive_taker(key.as_ref()) {
+        Taken::By(pid) => Holder::Taker(pid),
+        // Perhaps running, perhaps not: never advise removing the file.
+        Taken::OutOfSight => Holder::Unknown,
+        Taken::Free => {
+            return Error::ForeignOwner {
+                path: path.to_owned(),
+                owner: crate::error::user_name(stat.st_uid),
+            };
+        }
+    };
+    Error::AlreadyRunning {
+        path: path.to_owned(),
+        holder,
     }
 }
 

@@ -8,7 +8,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::{FileStat, Mode, fstat, lstat};
 
 use crate::error::{Error, Holder, Reader, Result};
-use crate::holders::{self, Holders};
+use crate::holders::{self, Holders, Taken};
 use crate::pid::{Contents, Pid};
 use crate::sys::{self, Identity, LockKey, retry_eintr};
 
@@ -71,9 +71,7 @@ pub fn status(path: impl AsRef<Path>) -> Result<Status> {
         let (file, stat) = match open_existing(path) {
             Ok(Some(opened)) => opened,
             Ok(None) => return Ok(Status::NotRunning),
-            Err(Error::Io { source, .. }) if source.raw_os_error() == Some(nix::libc::EACCES) => {
-                return Ok(denied(path));
-            }
+            Err(error) if is_denied(&error) => return denied(path, error),
             Err(error) => return Err(error),
         };
         let file_pid = file_pid(&file, &stat, path);
@@ -95,26 +93,38 @@ pub fn status(path: impl AsRef<Path>) -> Result<Status> {
     Ok(Status::NotRunning)
 }
 
+/// Whether opening the file failed for want of permission.
+pub(crate) fn is_denied(error: &Error) -> bool {
+    matches!(error, Error::Io { source, .. } if source.raw_os_error() == Some(nix::libc::EACCES))
+}
+
 /// The status of a file this process may not open (another user's, 0600):
 /// held if the kernel's lock list says someone took the exclusive lock on
-/// it (not verified: that user's descriptors are out of sight too), else
-/// stale.
-fn denied(path: &Path) -> Status {
-    let Ok(stat) = lstat(path) else {
-        return Status::NotRunning;
+/// it (not verified: that user's descriptors are out of sight too), stale
+/// if it says nobody did, and held by someone unknown if it cannot say.
+/// `error` (the open's) for anything else: a directory this user may not
+/// search, or a file of its own it may not open.
+fn denied(path: &Path, error: Error) -> Result<Status> {
+    let stat = match lstat(path) {
+        Ok(stat) => stat,
+        Err(nix::errno::Errno::ENOENT) => return Ok(Status::NotRunning),
+        Err(_) => return Err(error),
     };
-    let taker = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+    if stat.st_uid == nix::unistd::geteuid().as_raw() {
+        return Err(error);
+    }
+    let key = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .ok()
         .and_then(|name| sys::path_descriptor(nix::fcntl::AT_FDCWD, &name))
-        .and_then(|named| sys::lock_key(named.as_fd(), Identity::of(&stat)))
-        .and_then(|key| holders::exclusive_taker(&key));
-    match taker {
-        Some(pid) => Status::Running(Holder::Taker(pid)),
-        None => Status::Stale {
+        .and_then(|named| sys::lock_key(named.as_fd(), Identity::of(&stat)));
+    Ok(match holders::exclusive_taker(key.as_ref()) {
+        Taken::By(pid) => Status::Running(Holder::Taker(pid)),
+        Taken::OutOfSight => Status::Running(Holder::Unknown),
+        Taken::Free => Status::Stale {
             pid: None,
             readers: Vec::new(),
         },
-    }
+    })
 }
 
 /// Whether `path` still names the inode with `identity`.

@@ -169,8 +169,9 @@ fn mount_device(mount: u64) -> Option<(u64, u64)> {
 /// The processes `/proc/locks` names for granted `flock`s on `key`, with
 /// the lock's kind: whoever *took* each lock, who may have exited (and whose
 /// PID may since be someone else's) or may share it with others. Where to
-/// look first, never an answer by itself.
-pub(crate) fn lock_takers(key: &LockKey) -> Vec<(LockKind, Pid)> {
+/// look first, never an answer by itself. `None` for a taker this PID
+/// namespace has no number for (the list shows 0).
+pub(crate) fn lock_takers(key: &LockKey) -> Vec<(LockKind, Option<Pid>)> {
     let mut text = Vec::new();
     if read_proc("/proc/locks", &mut text).is_none() {
         return Vec::new();
@@ -182,7 +183,7 @@ pub(crate) fn lock_takers(key: &LockKey) -> Vec<(LockKind, Pid)> {
             flock_line(rest)
         })
         .filter(|lock| lock.file == key.as_bytes())
-        .filter_map(|lock| Some((lock.kind, Pid::new(lock.taker)?)))
+        .map(|lock| (lock.kind, Pid::new(lock.taker)))
         .collect()
 }
 
@@ -617,7 +618,7 @@ mod tests {
         super::super::flock(file.as_fd(), nix::libc::LOCK_EX).expect("lock");
         let listed = lock_takers(&key);
         assert!(
-            listed.contains(&(LockKind::Exclusive, Pid::current())),
+            listed.contains(&(LockKind::Exclusive, Some(Pid::current()))),
             "{key:?} not in /proc/locks: {listed:?}"
         );
     }

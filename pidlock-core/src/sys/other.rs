@@ -80,7 +80,7 @@ pub(crate) fn lock_key(_file: BorrowedFd<'_>, _identity: Identity) -> Option<Loc
 }
 
 /// Unreachable: there is no key.
-pub(crate) fn lock_takers(key: &LockKey) -> Vec<(LockKind, Pid)> {
+pub(crate) fn lock_takers(key: &LockKey) -> Vec<(LockKind, Option<Pid>)> {
     match *key {}
 }
 
