@@ -28,7 +28,10 @@ impl Case {
             "a second instance was let in:\n{stderr}"
         );
         assert!(
-            stderr.contains(&format!("Another instance is already running (PID: {pid})")),
+            stderr.contains(&format!(
+                "Another instance is already running {}",
+                named_holder(&pid)
+            )),
             "the conflict does not name PID {pid}:\n{stderr}"
         );
     }
@@ -153,28 +156,16 @@ fn forked_worker_leaves_the_lock_alone(mode: &str, worker_end: &str) {
 }
 
 #[test]
-#[cfg_attr(
-    pidlock_portable,
-    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
-)]
 fn a_forked_worker_calling_process_exit_does_not_release_the_parents_lock() {
     forked_worker_leaves_the_lock_alone("fork-exit", "exited 0");
 }
 
 #[test]
-#[cfg_attr(
-    pidlock_portable,
-    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
-)]
 fn a_forked_worker_returning_from_main_does_not_release_the_parents_lock() {
     forked_worker_leaves_the_lock_alone("fork-return", "exited 0");
 }
 
 #[test]
-#[cfg_attr(
-    pidlock_portable,
-    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
-)]
 fn a_forked_worker_killed_by_sigterm_does_not_release_the_parents_lock() {
     forked_worker_leaves_the_lock_alone("fork-sigterm", "killed by SIGTERM");
 }

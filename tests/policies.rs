@@ -25,10 +25,6 @@ fn wait_ready(watched: &Watched) -> Instant {
 }
 
 #[test]
-#[cfg_attr(
-    pidlock_portable,
-    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
-)]
 fn wait_takes_over_as_soon_as_the_holder_exits() {
     let case = Case::new();
     let holder = case.running("hold");
@@ -37,8 +33,8 @@ fn wait_takes_over_as_soon_as_the_holder_exits() {
     assert_eq!(
         line,
         format!(
-            "INFO - Another instance is running (PID: {}); waiting for it to exit...",
-            holder.pid()
+            "INFO - Another instance is running {}; waiting for it to exit...",
+            named_holder(holder.pid())
         )
     );
     let released = Instant::now();

@@ -60,6 +60,16 @@ pub(crate) const LIBRARY_VARIABLES: [&str; 7] = [
 /// The attribute fixture (tests/fixtures/holder.rs), to run by path.
 pub(crate) const HOLDER: &str = env!("CARGO_BIN_EXE_fixture-holder");
 
+/// How a refusal names the holder whose PID the file holds: verified on
+/// Linux; on the portable layer by the file's claim (it cannot verify).
+pub(crate) fn named_holder(pid: impl std::fmt::Display) -> String {
+    if cfg!(pidlock_portable) {
+        format!("(PID: {pid} per its PID file, not verified)")
+    } else {
+        format!("(PID: {pid})")
+    }
+}
+
 /// The uid and gid of `nobody`, the other user of these tests.
 pub(crate) const NOBODY: u32 = 65534;
 
