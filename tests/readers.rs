@@ -223,7 +223,7 @@ fn a_waiting_start_is_not_held_up_by_a_reader_of_the_removed_file() {
 #[test]
 #[cfg_attr(
     pidlock_portable,
-    ignore = "Linux only: elsewhere a file readers hold cannot be replaced"
+    ignore = "Linux only: replacing a file readers hold needs an atomic exchange of two names"
 )]
 fn a_waiting_start_is_not_held_up_by_a_reader_of_a_crashed_instances_file() {
     use nix::fcntl::{Flock, FlockArg};
