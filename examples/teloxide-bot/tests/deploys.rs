@@ -981,6 +981,8 @@ fn deploys_7_no_shared_store() {
             polls_until_report.push(until);
         }
         conflicts += deploy.api.conflicts();
+        // The count every other shape asserts zero sees these two.
+        assert!(deploy.findings().overlaps > 0, "two pollers not counted");
         for bot in &mut bots {
             bot.signal(Signal::SIGINT);
             assert!(deploy.wait_exit(bot, DEADLINE).success());
