@@ -514,6 +514,11 @@ fn get_updates(state: &State, params: &Value, stream: &TcpStream) -> Option<(u16
         .map_or(TELEGRAM_LIMIT, |limit| (limit as usize).min(TELEGRAM_LIMIT));
     let timeout = Duration::from_secs(params["timeout"].as_u64().unwrap_or(0)).min(LONGEST_POLL);
     let deadline = Instant::now() + timeout;
+    // A request read after its client hung up (a poll dropped by a bot that
+    // stopped, read late) ends nobody's poll: there is no poller behind it.
+    if hung_up(stream) {
+        return None;
+    }
     let mut inner = state.lock();
     // An offset confirms every update below it: Telegram forgets them.
     inner
