@@ -247,10 +247,17 @@ fn default_signals(command: &mut Command) {
     }
 }
 
+/// A fixture program of the root package. Looked up with `option_env!`, so
+/// that the tests of other packages (examples/teloxide-bot) can include this
+/// module for its servers and namespaces.
+fn fixture(path: Option<&'static str>) -> &'static str {
+    path.expect("a fixture program of the root package, which only its tests have")
+}
+
 /// The fixture that holds a `PgLock` or a `RedisLock`, by the URL's scheme
 /// (tests/fixtures/remote_engine.rs).
 pub(crate) fn engine(url: &str, key: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fixture-remote-engine"));
+    let mut command = Command::new(fixture(option_env!("CARGO_BIN_EXE_fixture-remote-engine")));
     command
         .env("PIDLOCK_TEST_URL", url)
         .env("PIDLOCK_TEST_KEY", key)
@@ -260,7 +267,9 @@ pub(crate) fn engine(url: &str, key: &str) -> Command {
 
 /// The attribute with `url` and `key` (tests/fixtures/remote_attribute.rs).
 pub(crate) fn attribute(url: &str, key: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fixture-remote-attribute"));
+    let mut command = Command::new(fixture(option_env!(
+        "CARGO_BIN_EXE_fixture-remote-attribute"
+    )));
     command
         .env("PIDLOCK_TEST_URL", url)
         .env("PIDLOCK_TEST_KEY", key)

@@ -81,11 +81,29 @@ impl Wire {
     /// netem (as this project's machines are) have nf_tables, and a drop
     /// rule is just as silent.
     pub(crate) fn cut(&self) {
+        self.drop_rules("", "");
+    }
+
+    /// Drops the packets of TCP port `port` (a server's, on the server's
+    /// side) both ways at both ends; everything else still flows, so the
+    /// holder loses its database and keeps every other service.
+    pub(crate) fn cut_port(&self, port: u16) {
+        self.drop_rules(&format!("tcp sport {port} "), &format!("tcp dport {port} "));
+    }
+
+    /// The drop rules, with `from_server` matching packets the server sent
+    /// and `to_server` packets sent to it (empty: all packets).
+    fn drop_rules(&self, from_server: &str, to_server: &str) {
         for (ns, interface) in self.ends() {
+            let (incoming, outgoing) = if ns == self.holder_ns {
+                (from_server, to_server)
+            } else {
+                (to_server, from_server)
+            };
             let rules = format!(
                 "table inet pidlock_cut {{\n\
-                   chain incoming {{ type filter hook input priority -300; iifname \"{interface}\" drop; }}\n\
-                   chain outgoing {{ type filter hook output priority -300; oifname \"{interface}\" drop; }}\n\
+                   chain incoming {{ type filter hook input priority -300; iifname \"{interface}\" {incoming}drop; }}\n\
+                   chain outgoing {{ type filter hook output priority -300; oifname \"{interface}\" {outgoing}drop; }}\n\
                  }}\n"
             );
             let mut nft = Command::new("ip")

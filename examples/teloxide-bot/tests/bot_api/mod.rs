@@ -17,10 +17,19 @@
 //! largest `limit`, so a burst arrives in batches as it does from Telegram.
 //! Replies can be held back ([`BotApi::hold_replies`]) to keep a handler
 //! busy for as long as a test needs.
+//!
+//! Each call is recorded with the label of the process that made it (the
+//! first segment of the path: `TELEGRAM_API_URL=http://…/<label>`, see
+//! [`BotApi::url_for`]) and the address it came from (a network namespace
+//! of its own has its own), and each `getUpdates` as a [`Poll`]: when it was
+//! opened and closed, and how it ended. The double can listen inside a
+//! network namespace a test made ([`BotApi::start_in`]).
+#![allow(dead_code)] // each test file uses a different subset
 
 use std::collections::HashSet;
+use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -53,11 +62,42 @@ pub(crate) struct Call {
     pub params: Value,
     /// When the double read it.
     pub at: Instant,
+    /// The first segment of the path, when it is not the `bot<token>` one
+    /// (see [`BotApi::url_for`]); empty otherwise.
+    pub label: String,
+    /// The client's IP address.
+    pub peer: String,
+}
+
+/// How a `getUpdates` ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Still waiting for updates.
+    Open,
+    /// Answered with these update ids (none at the end of the timeout).
+    Answered(Vec<i64>),
+    /// Ended by a newer `getUpdates`: HTTP 409.
+    Conflict,
+    /// The client hung up before the answer (a bot that stopped or died).
+    Abandoned,
+}
+
+/// One `getUpdates`, from the moment the double read it to its answer.
+#[derive(Clone, Debug)]
+pub(crate) struct Poll {
+    pub label: String,
+    pub peer: String,
+    /// The `offset` parameter: every update below it is confirmed.
+    pub offset: i64,
+    pub opened: Instant,
+    pub closed: Option<Instant>,
+    pub outcome: Outcome,
 }
 
 #[derive(Default)]
 struct Inner {
     calls: Vec<Call>,
+    polls: Vec<Poll>,
     updates: Vec<Value>,
     next_update_id: i64,
     next_message_id: i64,
@@ -87,12 +127,45 @@ pub(crate) struct BotApi {
     url: String,
     state: Arc<State>,
     stopped: Arc<AtomicBool>,
+    /// The network namespace it listens in, if not the test's own.
+    netns: Option<String>,
+}
+
+/// Runs `work` on a thread of its own that has entered the network
+/// namespace `netns` (made by `ip netns add`): a socket it makes stays
+/// there, whichever thread uses it later.
+fn in_netns<T: Send + 'static>(
+    netns: &str,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    let path = format!("/var/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let namespace = File::open(&path)?;
+        nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        work()
+    })
+    .join()
+    .expect("the namespace thread panicked")
 }
 
 impl BotApi {
     pub(crate) fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
-        let port = listener.local_addr().expect("a local address").port();
+        Self::serve_on(listener, None)
+    }
+
+    /// A double listening on `addr` inside the network namespace `netns`,
+    /// for bots that run in namespaces a test made.
+    pub(crate) fn start_in(netns: &str, addr: &str) -> Self {
+        let addr = addr.to_owned();
+        let listener = in_netns(netns, move || TcpListener::bind((addr.as_str(), 0)))
+            .unwrap_or_else(|error| panic!("bind in {netns}: {error}"));
+        Self::serve_on(listener, Some(netns.to_owned()))
+    }
+
+    fn serve_on(listener: TcpListener, netns: Option<String>) -> Self {
+        let address = listener.local_addr().expect("a local address");
         let state = Arc::new(State::default());
         let stopped = Arc::new(AtomicBool::new(false));
         let (shared, stopping) = (Arc::clone(&state), Arc::clone(&stopped));
@@ -107,15 +180,27 @@ impl BotApi {
             }
         });
         Self {
-            url: format!("http://127.0.0.1:{port}/"),
+            url: format!("http://{address}/"),
             state,
             stopped,
+            netns,
         }
     }
 
     /// What to put in `TELEGRAM_API_URL`.
     pub(crate) fn url(&self) -> &str {
         &self.url
+    }
+
+    /// What to put in `TELEGRAM_API_URL` for calls recorded with `label`
+    /// (one path segment, not starting with `bot`).
+    pub(crate) fn url_for(&self, label: &str) -> String {
+        format!("{}{label}", self.url)
+    }
+
+    /// Every `getUpdates` so far, in the order the double read them.
+    pub(crate) fn polls(&self) -> Vec<Poll> {
+        self.state.lock().polls.clone()
     }
 
     /// A user's message in a private chat, delivered by the next `getUpdates`.
@@ -218,8 +303,21 @@ impl BotApi {
 impl Drop for BotApi {
     fn drop(&mut self) {
         self.stopped.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(self.url.trim_start_matches("http://").trim_end_matches('/'));
+        // Wake the accept loop so it sees the flag (from inside its
+        // namespace, if it listens in one).
+        let address = self
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        match &self.netns {
+            Some(netns) => {
+                let _ = in_netns(netns, move || TcpStream::connect(address));
+            }
+            None => {
+                let _ = TcpStream::connect(address);
+            }
+        }
     }
 }
 
@@ -300,6 +398,17 @@ fn answer(state: &State, path: &str, body: &str, stream: &TcpStream) -> Option<(
     // Telegram's method names are case-insensitive (teloxide sends `GetMe`):
     // record them as the Bot API documents them.
     let requested = path.rsplit('/').next().unwrap_or_default().to_owned();
+    let label = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .filter(|first| !first.starts_with("bot"))
+        .unwrap_or_default()
+        .to_owned();
+    let peer = stream
+        .peer_addr()
+        .map(|addr: SocketAddr| addr.ip().to_string())
+        .unwrap_or_default();
     let method = KNOWN
         .iter()
         .find(|known| known.eq_ignore_ascii_case(&requested))
@@ -311,6 +420,8 @@ fn answer(state: &State, path: &str, body: &str, stream: &TcpStream) -> Option<(
             method: method.clone(),
             params: params.clone(),
             at: Instant::now(),
+            label: label.clone(),
+            peer: peer.clone(),
         });
         state.changed.notify_all();
     }
@@ -325,7 +436,43 @@ fn answer(state: &State, path: &str, body: &str, stream: &TcpStream) -> Option<(
             ok(json!({"url": "", "has_custom_certificate": false, "pending_update_count": 0}))
         }
         "deleteWebhook" => ok(json!(true)),
-        "getUpdates" => return get_updates(state, &params, stream),
+        "getUpdates" => {
+            let poll = Poll {
+                label,
+                peer,
+                offset: params["offset"].as_i64().unwrap_or(0),
+                opened: Instant::now(),
+                closed: None,
+                outcome: Outcome::Open,
+            };
+            let index = {
+                let mut inner = state.lock();
+                inner.polls.push(poll);
+                inner.polls.len() - 1
+            };
+            let answer = get_updates(state, &params, stream);
+            let outcome = match &answer {
+                None => Outcome::Abandoned,
+                Some((409, _)) => Outcome::Conflict,
+                Some((_, body)) => Outcome::Answered(
+                    body["result"]
+                        .as_array()
+                        .map(|updates| {
+                            updates
+                                .iter()
+                                .filter_map(|update| update["update_id"].as_i64())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                ),
+            };
+            let mut inner = state.lock();
+            let poll = &mut inner.polls[index];
+            poll.closed = Some(Instant::now());
+            poll.outcome = outcome;
+            state.changed.notify_all();
+            return answer;
+        }
         "sendMessage" => {
             let mut inner = state.lock();
             while inner.holding_replies {
@@ -367,6 +514,11 @@ fn get_updates(state: &State, params: &Value, stream: &TcpStream) -> Option<(u16
         .map_or(TELEGRAM_LIMIT, |limit| (limit as usize).min(TELEGRAM_LIMIT));
     let timeout = Duration::from_secs(params["timeout"].as_u64().unwrap_or(0)).min(LONGEST_POLL);
     let deadline = Instant::now() + timeout;
+    // A request read after its client hung up (a poll dropped by a bot that
+    // stopped, read late) ends nobody's poll: there is no poller behind it.
+    if hung_up(stream) {
+        return None;
+    }
     let mut inner = state.lock();
     // An offset confirms every update below it: Telegram forgets them.
     inner
