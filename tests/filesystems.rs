@@ -157,6 +157,10 @@ fn the_holder_is_verified_in(dir: &Path) {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn the_holder_is_verified_in_a_btrfs_subvolume() {
     let Some(mut mounts) = Mounts::new() else {
         return;
@@ -166,6 +170,10 @@ fn the_holder_is_verified_in_a_btrfs_subvolume() {
 }
 
 #[test]
+#[cfg_attr(
+    pidlock_portable,
+    ignore = "Linux only: holders are verified through /proc; elsewhere the PID file names them, unverified"
+)]
 fn the_holder_is_verified_on_an_overlay_over_two_filesystems() {
     let Some(mut mounts) = Mounts::new() else {
         return;

@@ -144,3 +144,44 @@ fn status_from_a_user_who_may_not_search_the_directory_is_an_error_not_not_runni
         "{stdout}"
     );
 }
+
+/// Seen from inside a PID namespace of its own, the kernel's lock list
+/// leaves out a lock whose taker that namespace cannot number: another
+/// user's running instance is then an unknown holder — never a stale file
+/// to remove (a second instance would follow), for `status` and for a start.
+#[test]
+fn from_a_pid_namespace_another_users_instance_is_unknown_never_stale() {
+    require_root!();
+    let case = Case::new();
+    fs::set_permissions(case.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let (_library, library) = fixture_for_nobody(env!("CARGO_BIN_EXE_fixture-library"));
+    let (_holder, holder) = fixture_for_nobody(HOLDER);
+    let _instance = start(case.holder(&["hold"]));
+    let in_a_pid_namespace = |exe: &Path, args: &[&str]| {
+        let mut command = case.command("unshare", &["--pid", "--fork", "--mount-proc", "--"]);
+        command
+            .arg("setpriv")
+            .arg(format!("--reuid={NOBODY}"))
+            .arg(format!("--regid={NOBODY}"))
+            .args(["--clear-groups", "--"])
+            .arg(exe)
+            .args(args);
+        command.output().unwrap()
+    };
+    let path = case.pid_file.display().to_string();
+    let status = in_a_pid_namespace(&library, &["status", &path]);
+    assert_eq!(
+        String::from_utf8_lossy(&status.stdout),
+        "Ok(Running(Unknown))\n",
+        "{status:?}"
+    );
+    let start = in_a_pid_namespace(&holder, &["exit"]);
+    let stderr = String::from_utf8_lossy(&start.stderr);
+    assert_eq!(start.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        headline(&stderr),
+        "ERROR - Another instance is already running (PID unknown).",
+        "{stderr}"
+    );
+    assert!(!stderr.contains("remove it"), "{stderr}");
+}

@@ -163,10 +163,8 @@ const LIKELY_LIMIT: usize = 64;
 /// The processes worth examining first, in order, without repeats.
 fn likely(key: &LockKey, file_pid: Option<Pid>) -> Vec<Pid> {
     let mut candidates: Vec<Pid> = file_pid.into_iter().collect();
-    for taker in sys::lock_takers(key)
-        .into_iter()
-        .filter_map(|(_, taker)| taker)
-    {
+    let takers = sys::lock_takers(key).unwrap_or_default();
+    for taker in takers.into_iter().filter_map(|(_, taker)| taker) {
         if !candidates.contains(&taker) {
             candidates.push(taker);
         }
@@ -229,16 +227,19 @@ pub(crate) enum Taken {
 /// [`Taken`] for the file `key` names; `None` for the key itself: the
 /// lock list cannot be consulted (another platform, no `/proc`).
 pub(crate) fn exclusive_taker(key: Option<&LockKey>) -> Taken {
-    let Some(key) = key else {
+    let Some(takers) = key.and_then(sys::lock_takers) else {
         return Taken::OutOfSight;
     };
-    match sys::lock_takers(key)
+    match takers
         .into_iter()
         .find(|&(kind, _)| kind == LockKind::Exclusive)
     {
-        None => Taken::Free,
         Some((_, Some(pid))) => Taken::By(pid),
         Some((_, None)) => Taken::OutOfSight,
+        // Outside the initial PID namespace the list leaves out the locks
+        // of takers this namespace cannot number: silence proves nothing.
+        None if sys::sees_every_lock() => Taken::Free,
+        None => Taken::OutOfSight,
     }
 }
 

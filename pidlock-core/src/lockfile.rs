@@ -104,7 +104,7 @@ impl PidLock {
     }
 
     /// Like [`acquire`](Self::acquire), but waits up to `timeout` for the
-    /// holder to let go (woken by the kernel when it does).
+    /// holder to let go (as [`OnConflict::Wait`] waits).
     ///
     /// ```
     /// use std::time::Duration;
@@ -314,11 +314,25 @@ fn lock_file(
                                 continue;
                             }
                             Replaced::Unswappable(pinned) => {
-                                match lock_once_readers_pass(pinned, path)? {
-                                    Some(file) => file,
-                                    None => {
+                                let at = OpenedAt {
+                                    dir: dir.as_fd(),
+                                    name,
+                                    identity: Identity::of(&stat),
+                                };
+                                match lock_once_readers_pass(pinned, at, path)? {
+                                    ReadersPassed::Locked(file) => file,
+                                    ReadersPassed::Changed => {
                                         replaced += 1;
                                         continue;
+                                    }
+                                    ReadersPassed::Stayed(file, pinned) => {
+                                        let Some(handle) = handle_conflict else {
+                                            return Err(pinned);
+                                        };
+                                        match handle(handler, file, at, pinned)? {
+                                            Next::Acquired(file) => file,
+                                            Next::Retry => continue,
+                                        }
                                     }
                                 }
                             }
@@ -533,12 +547,22 @@ fn busy(file: OwnedFd, stat: &FileStat, path: &Path) -> Busy {
     }
 }
 
+/// What became of a file only readers held, which cannot be replaced.
+enum ReadersPassed {
+    /// They let go: locked exclusively on this descriptor.
+    Locked(OwnedFd),
+    /// An instance took the file meanwhile, or the name no longer names
+    /// it: look again.
+    Changed,
+    /// They still hold it: the file (unlocked) and the error naming them.
+    Stayed(OwnedFd, Error),
+}
+
 /// Where a file only readers hold cannot be replaced: gives up this
 /// process's shared lock and tries the exclusive one for a moment, for
 /// readers that are only passing (an observer's probe, another start
-/// freezing the file). `None`: an instance took it meanwhile (look again);
-/// readers that stay are reported.
-fn lock_once_readers_pass(pinned: Pinned, path: &Path) -> Result<Option<OwnedFd>> {
+/// freezing the file).
+fn lock_once_readers_pass(pinned: Pinned, at: OpenedAt<'_>, path: &Path) -> Result<ReadersPassed> {
     let Pinned {
         frozen: file,
         readers,
@@ -547,26 +571,27 @@ fn lock_once_readers_pass(pinned: Pinned, path: &Path) -> Result<Option<OwnedFd>
     let lock_error = |errno| Error::io(path, "lock", errno);
     retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_UN)).map_err(lock_error)?;
     let started = sys::Stopwatch::start();
-    loop {
+    while !started.exceeded(UNVERIFIED_PATIENCE) {
         match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)) {
-            Ok(()) => return Ok(Some(file)),
+            Ok(()) => return Ok(ReadersPassed::Locked(file)),
             Err(Errno::EWOULDBLOCK) => {}
             Err(errno) => return Err(lock_error(errno)),
         }
-        if started.exceeded(UNVERIFIED_PATIENCE) {
-            // Still only readers, or has an instance taken it meanwhile?
-            return match retry_eintr(|| {
-                flock(file.as_fd(), nix::libc::LOCK_SH | nix::libc::LOCK_NB)
-            }) {
-                Ok(()) => Err(Error::Pinned {
-                    path: path.to_owned(),
-                    readers,
-                }),
-                Err(Errno::EWOULDBLOCK) => Ok(None),
-                Err(errno) => Err(lock_error(errno)),
-            };
-        }
         std::thread::sleep(UNVERIFIED_PAUSE);
+    }
+    // Still only readers, on the file the name still names? Or has an
+    // instance taken it, or the path moved on, meanwhile?
+    match retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_SH | nix::libc::LOCK_NB)) {
+        Ok(()) if at.still_named() => {
+            retry_eintr(|| flock(file.as_fd(), nix::libc::LOCK_UN)).map_err(lock_error)?;
+            let error = Error::Pinned {
+                path: path.to_owned(),
+                readers,
+            };
+            Ok(ReadersPassed::Stayed(file, error))
+        }
+        Ok(()) | Err(Errno::EWOULDBLOCK) => Ok(ReadersPassed::Changed),
+        Err(errno) => Err(lock_error(errno)),
     }
 }
 

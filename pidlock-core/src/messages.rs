@@ -345,6 +345,21 @@ pub(crate) fn waiting(holder: &Holder, timeout: Option<Duration>) {
     );
 }
 
+/// A waiting start before it waits for readers of a file that cannot be
+/// replaced here.
+pub(crate) fn waiting_for_readers(path: &Path, timeout: Option<Duration>) {
+    let limit = timeout.map_or_else(String::new, |timeout| {
+        format!(" (up to {})", human::duration(timeout))
+    });
+    emit(
+        Level::Info,
+        &format!(
+            "No instance is running, but readers hold {} and it cannot be replaced here; waiting for them to let go{limit}...",
+            path.display()
+        ),
+    );
+}
+
 pub(crate) fn taking_over(pid: Pid, signal: Signal, grace: Duration) {
     let text = if signal == Signal::SIGKILL {
         format!(

@@ -40,8 +40,13 @@ pub enum OnConflict {
     /// Fail at once with [`Error::AlreadyRunning`].
     #[default]
     Exit,
-    /// Block until the holder releases the lock (woken by the kernel, not by
-    /// polling), or until `timeout` passes: then [`Error::TimedOut`].
+    /// Block until the holder releases the lock, or until `timeout` passes:
+    /// then [`Error::TimedOut`]. On Linux the kernel wakes the wait (an
+    /// inotify watch on the file's closes); elsewhere it tries again at
+    /// intervals growing to a second. A file the holder left to readers is
+    /// replaced; where it cannot be (no atomic exchange of names), the wait
+    /// goes on until the readers let go, then [`Error::Pinned`] at the
+    /// timeout.
     Wait {
         /// How long to wait; `None` waits as long as it takes.
         timeout: Option<Duration>,
@@ -116,7 +121,7 @@ impl OpenedAt<'_> {
     /// looks it up (through the directory descriptor, not the path, whose
     /// directories may since have been renamed or re-pointed: the loop
     /// would then open the same file again and wait on it again, at once).
-    fn still_named(&self) -> bool {
+    pub(crate) fn still_named(&self) -> bool {
         fstatat(self.dir, self.name, AtFlags::AT_SYMLINK_NOFOLLOW)
             .is_ok_and(|now| Identity::of(&now) == self.identity && now.st_nlink > 0)
     }
@@ -155,6 +160,11 @@ impl<'a> ConflictHandler<'a> {
             .get_or_insert_with(|| self.stopwatch.started_at());
         let holder = match &conflict {
             Error::AlreadyRunning { holder, .. } => holder.clone(),
+            // Readers hold a file that cannot be replaced here: a start that
+            // waits, waits for them too.
+            Error::Pinned { .. } if matches!(self.policy, OnConflict::Wait { .. }) => {
+                return self.wait_after_readers(file, at, conflict);
+            }
             // Held by this process: waiting or signalling would be a deadlock
             // or a suicide.
             _ => return Err(conflict),
@@ -208,8 +218,8 @@ impl<'a> ConflictHandler<'a> {
         let named = move || at.still_named();
         match waiting::lock_exclusive(file, deadline, Some(&named)) {
             Ok(Waited::Acquired(file)) => Ok(Next::Acquired(file)),
-            // Gone from the path, or left to readers: the next look
-            // replaces it.
+            // Gone from the path (the next look opens the path again), or
+            // left to readers (the next look replaces the file).
             Ok(Waited::Unnamed | Waited::OnlyShared) => Ok(Next::Retry),
             // Waited up to the deadline: say so in the units the user gave
             // (`timeout = "500ms"` reads "after waiting 500ms", not the few
@@ -222,6 +232,26 @@ impl<'a> ConflictHandler<'a> {
                     |deadline| deadline.saturating_duration_since(self.started()),
                 ),
             }),
+            Err(errno) => Err(Error::io(self.path, "wait for the lock on", errno)),
+        }
+    }
+
+    /// Waits for readers to let go of a file that cannot be replaced here
+    /// (no atomic exchange of names), up to the wait's timeout; then
+    /// `pinned`, the error that names them.
+    fn wait_after_readers(&self, file: OwnedFd, at: OpenedAt<'_>, pinned: Error) -> Result<Next> {
+        let OnConflict::Wait { timeout } = self.policy else {
+            return Err(pinned);
+        };
+        if self.log_level.shows(Level::Info) {
+            messages::waiting_for_readers(self.path, timeout);
+        }
+        let deadline = timeout.map(|timeout| self.started() + timeout);
+        let named = move || at.still_named();
+        match waiting::lock_exclusive_after_readers(file, deadline, &named) {
+            Ok(Waited::Acquired(file)) => Ok(Next::Acquired(file)),
+            Ok(Waited::Unnamed | Waited::OnlyShared) => Ok(Next::Retry),
+            Ok(Waited::TimedOut) => Err(pinned),
             Err(errno) => Err(Error::io(self.path, "wait for the lock on", errno)),
         }
     }

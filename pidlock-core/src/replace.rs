@@ -43,11 +43,12 @@
 //! name (`.<name>.<pid>.<n>.pidlock`); nothing reads it, and it can be
 //! removed.
 //!
-//! Only Linux can swap two names atomically; elsewhere, and on filesystems
-//! that cannot (`EINVAL`), the start waits a moment for readers that are
-//! only passing (an observer's probe, another start freezing the file),
-//! then reports those that stay ([`Error::Pinned`]) rather than risk two
-//! instances; so it does at once for a file a reader holds exclusively. A file owned by another user is never
+//! Only Linux can swap two names atomically. Elsewhere, and on filesystems
+//! that cannot (`EINVAL`), the lock loop waits a moment for readers that
+//! are only passing (an observer's probe, another start freezing the
+//! file), then reports those that stay ([`Error::Pinned`]), or waits for
+//! them under `on_conflict = "wait"`, rather than risk two instances. A
+//! file a reader holds exclusively is reported at once. A file owned by another user is never
 //! replaced. The file's mode (0600) keeps other users from taking any lock
 //! on it in the first place; readers are the owner's own processes, or
 //! root's.

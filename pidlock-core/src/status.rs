@@ -187,7 +187,9 @@ pub(crate) fn look(file: &OwnedFd, stat: &FileStat, path: &Path) -> Result<Look>
 /// kernel lists some lock on it.
 fn readers(key: Option<&LockKey>, stat: &FileStat) -> Vec<Reader> {
     match key {
-        Some(key) if !sys::lock_takers(key).is_empty() => Holders::every(key, stat.st_uid).readers,
+        Some(key) if sys::lock_takers(key).is_some_and(|takers| !takers.is_empty()) => {
+            Holders::every(key, stat.st_uid).readers
+        }
         _ => Vec::new(),
     }
 }

@@ -90,7 +90,35 @@ pub(crate) fn lock_exclusive(
     deadline: Option<Instant>,
     named: Option<StillNamed<'_>>,
 ) -> nix::Result<Waited> {
-    lock(file, nix::libc::LOCK_EX, deadline, named)
+    let look = named.map(|named| Look {
+        named,
+        for_readers: true,
+    });
+    lock(file, nix::libc::LOCK_EX, deadline, look)
+}
+
+/// As [`lock_exclusive`] with a check of the name, for a file that only
+/// readers hold and that cannot be replaced: waits for them to let go
+/// (never ends with [`Waited::OnlyShared`]).
+pub(crate) fn lock_exclusive_after_readers(
+    file: OwnedFd,
+    deadline: Option<Instant>,
+    named: StillNamed<'_>,
+) -> nix::Result<Waited> {
+    let look = Look {
+        named,
+        for_readers: false,
+    };
+    lock(file, nix::libc::LOCK_EX, deadline, Some(look))
+}
+
+/// What a start's wait looks at after each failed attempt.
+#[derive(Clone, Copy)]
+struct Look<'a> {
+    /// Whether the file still has its name.
+    named: StillNamed<'a>,
+    /// Whether to end the wait when only readers hold the file.
+    for_readers: bool,
 }
 
 /// Blocks until `file` can be locked shared (nobody holds it exclusively),
@@ -103,9 +131,9 @@ fn lock(
     file: OwnedFd,
     operation: i32,
     deadline: Option<Instant>,
-    named: Option<StillNamed<'_>>,
+    look: Option<Look<'_>>,
 ) -> nix::Result<Waited> {
-    let Some(named) = named else {
+    let Some(look) = look else {
         let Some(deadline) = deadline else {
             retry_eintr(|| flock(file.as_fd(), operation))?;
             return Ok(Waited::Acquired(file));
@@ -135,11 +163,11 @@ fn lock(
         operation,
         deadline,
         notified::MAX_SLEEP,
-        Some(named),
+        Some(look),
     )?;
     let outcome = match watched {
         Some(outcome) => outcome,
-        None => polled::lock_until(file.as_fd(), operation, deadline, named)?,
+        None => polled::lock_until(file.as_fd(), operation, deadline, look)?,
     };
     Ok(outcome.with(file))
 }
@@ -187,15 +215,15 @@ impl Outcome {
 fn look_around(
     file: BorrowedFd<'_>,
     operation: i32,
-    named: Option<StillNamed<'_>>,
+    look: Option<Look<'_>>,
 ) -> nix::Result<Option<Outcome>> {
-    let Some(named) = named else {
+    let Some(look) = look else {
         return Ok(None);
     };
-    if !named() {
+    if !(look.named)() {
         return Ok(Some(Outcome::Unnamed));
     }
-    if operation != nix::libc::LOCK_EX {
+    if operation != nix::libc::LOCK_EX || !look.for_readers {
         return Ok(None);
     }
     // The shared lock is given back at once: it only tells readers from a
@@ -216,7 +244,7 @@ mod notified {
     use nix::libc::LOCK_NB;
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-    use super::{Outcome, StillNamed, look_around};
+    use super::{Look, Outcome, look_around};
     use crate::sys::{CloseWatch, flock};
 
     /// The longest sleep between two attempts; see the module docs for the
@@ -230,7 +258,7 @@ mod notified {
 
     /// Tries to lock `file` until `deadline` (or for as long as it takes),
     /// sleeping between attempts until the file reports a close, or for
-    /// `max_sleep` at most; after each failed attempt, with `named`, looks
+    /// `max_sleep` at most; after each failed attempt, with `look`, looks
     /// around ([`look_around`]). `None`: no close watch could be had (then
     /// nothing was locked, and the caller waits another way).
     pub(super) fn lock_until(
@@ -238,7 +266,7 @@ mod notified {
         operation: i32,
         deadline: Option<Instant>,
         max_sleep: Duration,
-        named: Option<StillNamed<'_>>,
+        look: Option<Look<'_>>,
     ) -> nix::Result<Option<Outcome>> {
         let Some(watch) = CloseWatch::new(file) else {
             return Ok(None);
@@ -250,7 +278,7 @@ mod notified {
                 Err(Errno::EWOULDBLOCK | Errno::EINTR) => {}
                 Err(errno) => return Err(errno),
             }
-            if let Some(outcome) = look_around(file, operation, named)? {
+            if let Some(outcome) = look_around(file, operation, look)? {
                 return Ok(Some(outcome));
             }
             let now = Instant::now();
@@ -294,7 +322,7 @@ mod polled {
     use nix::errno::Errno;
     use nix::libc::LOCK_NB;
 
-    use super::{Outcome, StillNamed, look_around, notified::MAX_SLEEP};
+    use super::{Look, Outcome, look_around, notified::MAX_SLEEP};
     use crate::sys::flock;
 
     /// The first interval; it doubles up to [`MAX_SLEEP`].
@@ -304,7 +332,7 @@ mod polled {
         file: BorrowedFd<'_>,
         operation: i32,
         deadline: Option<Instant>,
-        named: StillNamed<'_>,
+        look: Look<'_>,
     ) -> nix::Result<Outcome> {
         let mut sleep = FIRST_SLEEP;
         loop {
@@ -313,7 +341,7 @@ mod polled {
                 Err(Errno::EWOULDBLOCK | Errno::EINTR) => {}
                 Err(errno) => return Err(errno),
             }
-            if let Some(outcome) = look_around(file, operation, Some(named))? {
+            if let Some(outcome) = look_around(file, operation, Some(look))? {
                 return Ok(outcome);
             }
             let mut nap = sleep;
@@ -657,7 +685,6 @@ mod tests {
     /// out, while the lock is still held: a reader that takes a shared lock
     /// on the removed inode then cannot keep it waiting (a blocking `flock`
     /// could wait behind that reader forever). With a deadline or without.
-    #[cfg(all(target_os = "linux", not(pidlock_portable)))]
     #[test]
     fn a_wait_that_checks_the_name_ends_when_the_file_is_removed() {
         let dir = tempfile::tempdir().expect("make a temporary directory");

@@ -170,13 +170,14 @@ fn mount_device(mount: u64) -> Option<(u64, u64)> {
 /// the lock's kind: whoever *took* each lock, who may have exited (and whose
 /// PID may since be someone else's) or may share it with others. Where to
 /// look first, never an answer by itself. `None` for a taker this PID
-/// namespace has no number for (the list shows 0).
-pub(crate) fn lock_takers(key: &LockKey) -> Vec<(LockKind, Option<Pid>)> {
+/// namespace has no number for (the list shows 0). `None` if the list
+/// cannot be read. The kernel leaves out of this process's list the locks
+/// of takers its PID namespace cannot number at all (see
+/// [`sees_every_lock`]).
+pub(crate) fn lock_takers(key: &LockKey) -> Option<Vec<(LockKind, Option<Pid>)>> {
     let mut text = Vec::new();
-    if read_proc("/proc/locks", &mut text).is_none() {
-        return Vec::new();
-    }
-    lines(&text)
+    read_proc("/proc/locks", &mut text)?;
+    let takers = lines(&text)
         .filter_map(|line| {
             // Each line starts with its ordinal: "1: FLOCK ...".
             let (_, rest) = split_once(line, b':')?;
@@ -184,7 +185,18 @@ pub(crate) fn lock_takers(key: &LockKey) -> Vec<(LockKind, Option<Pid>)> {
         })
         .filter(|lock| lock.file == key.as_bytes())
         .map(|lock| (lock.kind, Pid::new(lock.taker)))
-        .collect()
+        .collect();
+    Some(takers)
+}
+
+/// Whether `/proc/locks` shows this process every lock: only in the
+/// initial PID namespace. Elsewhere the kernel skips the locks whose takers
+/// this namespace cannot number. The initial namespace's inode number is
+/// fixed (`PROC_PID_INIT_INO`), whichever `/proc` is mounted.
+pub(crate) fn sees_every_lock() -> bool {
+    const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+    nix::sys::stat::stat("/proc/self/ns/pid")
+        .is_ok_and(|namespace| namespace.st_ino == PROC_PID_INIT_INO)
 }
 
 /// Every visible process holding a `flock` on `key`, with what it holds.
@@ -196,7 +208,7 @@ pub(crate) fn scan_locks(key: &LockKey) -> Vec<(Pid, HeldLock)> {
     let mut found = Vec::new();
     // No entry for our file in `/proc/locks`: nobody we could verify holds
     // it, and the scan is skipped.
-    if lock_takers(key).is_empty() {
+    if lock_takers(key).is_none_or(|takers| takers.is_empty()) {
         return found;
     }
     let Ok(mut processes) = Dir::open("/proc", LIST_FLAGS, Mode::empty()) else {
@@ -616,7 +628,7 @@ mod tests {
         let (major, minor) = split_dev(stat.st_dev as u64);
         assert_eq!(key.0, format!("{major:02x}:{minor:02x}:{}", stat.st_ino));
         super::super::flock(file.as_fd(), nix::libc::LOCK_EX).expect("lock");
-        let listed = lock_takers(&key);
+        let listed = lock_takers(&key).expect("/proc/locks");
         assert!(
             listed.contains(&(LockKind::Exclusive, Some(Pid::current()))),
             "{key:?} not in /proc/locks: {listed:?}"

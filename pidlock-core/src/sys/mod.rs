@@ -44,7 +44,7 @@ pub(crate) use platform::{
     CloseWatch, DIRECTORY_FLAGS, LockKey, MSG_NOSIGNAL, RUN_DIR, VERIFIES_HOLDERS, children_of,
     command_line, connect_abstract, exchange, is_zombie, lock_held_by, lock_key, lock_takers,
     own_namespace_pid, parent_of, pidfd_open, pidfd_send_signal, runs_this_executable, scan_locks,
-    sharers_pipe, user_of,
+    sees_every_lock, sharers_pipe, user_of,
 };
 
 /// The kind of `flock` a process holds on a file.

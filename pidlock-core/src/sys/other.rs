@@ -1,7 +1,8 @@
 //! The BSDs and macOS: the same names as `linux.rs`, answering "not
 //! available" where only Linux has the answer. Callers then fall back to
 //! what POSIX offers (a holder reported as unverified, `kill` on a number,
-//! a helper thread for a timed wait).
+//! a start's wait that tries again at growing intervals, a helper thread
+//! for an observer's timed wait).
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
@@ -80,8 +81,13 @@ pub(crate) fn lock_key(_file: BorrowedFd<'_>, _identity: Identity) -> Option<Loc
 }
 
 /// Unreachable: there is no key.
-pub(crate) fn lock_takers(key: &LockKey) -> Vec<(LockKind, Option<Pid>)> {
+pub(crate) fn lock_takers(key: &LockKey) -> Option<Vec<(LockKind, Option<Pid>)>> {
     match *key {}
+}
+
+/// No lock list here.
+pub(crate) fn sees_every_lock() -> bool {
+    false
 }
 
 /// Unreachable: there is no key.
@@ -129,7 +135,8 @@ pub(crate) fn own_namespace_pid(_pid: Pid) -> Option<Pid> {
     None
 }
 
-/// No inotify: a timed wait runs a blocking `flock` on a helper thread.
+/// No inotify: a start's wait tries again at growing intervals, and an
+/// observer's timed wait runs a blocking `flock` on a helper thread.
 pub(crate) enum CloseWatch {}
 
 impl CloseWatch {
