@@ -185,3 +185,33 @@ fn from_a_pid_namespace_another_users_instance_is_unknown_never_stale() {
     );
     assert!(!stderr.contains("remove it"), "{stderr}");
 }
+
+/// A takeover against another user's instance: nothing of it can be
+/// verified from here (this user may not even open the file), so it is
+/// never signalled, and the start says why.
+#[test]
+fn a_takeover_of_another_users_instance_refuses_and_signals_nothing() {
+    require_root!();
+    let case = Case::new();
+    fs::set_permissions(case.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let (_bin, exe) = fixture_for_nobody(env!("CARGO_BIN_EXE_fixture-takeover"));
+    let mut root_instance = start(case.holder(&["hold"]));
+    let (status, stderr) = run(as_nobody(&case, &exe, &[]));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "ERROR - Not signalling the holder of {}: ",
+            case.pid_file.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        read(&case.pid_file),
+        format!("{}\n", root_instance.pid()),
+        "the root instance was disturbed"
+    );
+    assert!(
+        root_instance.child.try_wait().unwrap().is_none(),
+        "the root instance was signalled"
+    );
+}

@@ -285,7 +285,9 @@ fn lock_file(
                 replaced += 1;
                 continue;
             }
-            Err(OpenFailure::Denied(stat)) => return Err(denied(dir, name, path, &stat)),
+            Err(OpenFailure::Denied(stat)) => {
+                return Err(handler.unopenable(denied(dir, name, path, &stat)));
+            }
             Err(OpenFailure::Failed(error)) => return Err(error),
         };
         let mut stat = fstat(&file).map_err(|errno| Error::io(path, "inspect", errno))?;

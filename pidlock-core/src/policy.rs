@@ -148,6 +148,18 @@ impl<'a> ConflictHandler<'a> {
         }
     }
 
+    /// What a conflict over a file this process may not open (another
+    /// user's) comes to: nothing can be waited on or verified there, so a
+    /// takeover refuses as it does for any holder it cannot verify.
+    pub(crate) fn unopenable(&self, conflict: Error) -> Error {
+        match (self.policy, conflict) {
+            (OnConflict::Takeover { .. }, Error::AlreadyRunning { path, holder }) => {
+                Error::HolderUnverified { path, holder }
+            }
+            (_, conflict) => conflict,
+        }
+    }
+
     /// Handles a busy lock on `file`; `conflict` is what [`OnConflict::Exit`]
     /// would report.
     pub(crate) fn handle(
