@@ -241,7 +241,10 @@ struct Finished {
 }
 
 impl Running {
+    /// Starts `command` with the signals the tests send at their defaults
+    /// (see [`default_signals`]), whoever built it.
     fn start(mut command: Command) -> Self {
+        default_signals(&mut command);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -260,6 +263,7 @@ impl Running {
     /// As `start`, with stdin a pipe the test closes to end a `stdin` bot.
     fn start_with_stdin(mut command: Command) -> (Self, std::process::ChildStdin) {
         command.stdin(Stdio::piped());
+        default_signals(&mut command);
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
