@@ -241,10 +241,7 @@ struct Finished {
 }
 
 impl Running {
-    /// Starts `command` with the signals the tests send at their defaults
-    /// (see [`default_signals`]), whoever built it.
     fn start(mut command: Command) -> Self {
-        default_signals(&mut command);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -263,7 +260,6 @@ impl Running {
     /// As `start`, with stdin a pipe the test closes to end a `stdin` bot.
     fn start_with_stdin(mut command: Command) -> (Self, std::process::ChildStdin) {
         command.stdin(Stdio::piped());
-        default_signals(&mut command);
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -409,6 +405,9 @@ fn the_command_s_exit_status_passes_through_and_no_file_is_left() {
         .arg(fixture("job.sh"))
         .arg(&case.log)
         .arg("QUIT");
+    // The shell too: a job's `kill -s QUIT $$` does nothing where SIGQUIT
+    // was ignored when the suite started (a shell's background job).
+    default_signals(&mut shell);
     let finished = Running::start(shell).finish();
     assert_eq!(finished.stdout, "status 131\n", "{}", finished.stderr);
     // The shell's own word for it, and no line of ours.
