@@ -13,7 +13,9 @@ use nix::sys::signal::Signal;
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_fixture-configured");
 
-/// Root's default file for the fixture.
+/// Root's default file for the fixture, as the programs see it: in the
+/// empty `/run` of the test's own mount namespace (read through
+/// `PrivateMounts`), never the machine's.
 fn roots_file() -> PathBuf {
     Path::new("/run/fixture-configured.pid").to_owned()
 }

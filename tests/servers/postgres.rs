@@ -152,8 +152,21 @@ impl PgServer {
 
     /// `pg_ctl` on this server (in its namespace, as the server user).
     pub(crate) fn pg_ctl(&self, args: &[&str]) -> String {
+        let mut command = self.pg_ctl_command();
+        command
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("log"))
+            .args(args);
+        run(&mut command)
+    }
+
+    /// The `pg_ctl` command of this server: in its network namespace if it
+    /// has one, as the server user.
+    fn pg_ctl_command(&self) -> Command {
         let pg_ctl = self.bin.join("pg_ctl");
-        let mut command = match &self.netns {
+        match &self.netns {
             Some(netns) => {
                 let mut command = Command::new("ip");
                 command.args(["netns", "exec", netns]);
@@ -169,14 +182,7 @@ impl PgServer {
                 command
             }
             None => as_server_user(&pg_ctl),
-        };
-        command
-            .arg("-D")
-            .arg(self.data())
-            .arg("-l")
-            .arg(self.dir.path().join("log"))
-            .args(args);
-        run(&mut command)
+        }
     }
 
     /// A URL over TCP to `host` (an address the server listens on).
@@ -210,25 +216,8 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
-        let pg_ctl = self.bin.join("pg_ctl");
-        let mut command = match &self.netns {
-            Some(netns) => {
-                let mut command = Command::new("ip");
-                command.args(["netns", "exec", netns]);
-                if is_root() {
-                    command.args([
-                        "setpriv",
-                        "--reuid=postgres",
-                        "--regid=postgres",
-                        "--init-groups",
-                    ]);
-                }
-                command.arg(&pg_ctl);
-                command
-            }
-            None => as_server_user(&pg_ctl),
-        };
-        let _ = command
+        let _ = self
+            .pg_ctl_command()
             .arg("-D")
             .arg(self.data())
             .args(["stop", "-m", "immediate", "-w"])
